@@ -1,0 +1,86 @@
+"""CLIP architecture descriptions.
+
+`CLIPArch` is a frozen (hashable) dataclass, so it can be a static argument of jitted
+functions and a field of Flax modules. Presets mirror OpenAI's released models
+(../shared/docs/METHOD.md section 0); `tiny` sizes exist only to make tests fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+# OpenAI CLIP image normalisation constants  # match the reference preprocessing
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+SOT_TOKEN_ID = 49406
+EOT_TOKEN_ID = 49407
+VOCAB_SIZE = 49408
+CONTEXT_LENGTH = 77
+LAYER_NORM_EPS = 1e-5  # match PyTorch nn.LayerNorm default used by CLIP
+LOGIT_SCALE_INIT = 4.6052  # ln(100): the released models' learned value
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionArch:
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 768
+  layers: int = 12
+  heads: int = 12
+  mlp_ratio: int = 4
+
+  def __post_init__(self):
+    if self.image_size % self.patch_size:
+      raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size "
+                       f"{self.patch_size}; choose sizes whose ratio is whole.")
+    if self.width % self.heads:
+      raise ValueError(f"vision width {self.width} is not divisible by heads {self.heads}.")
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TextArch:
+  vocab_size: int = VOCAB_SIZE
+  context_length: int = CONTEXT_LENGTH
+  width: int = 512
+  layers: int = 12
+  heads: int = 8
+  mlp_ratio: int = 4
+
+  def __post_init__(self):
+    if self.width % self.heads:
+      raise ValueError(f"text width {self.width} is not divisible by heads {self.heads}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPArch:
+  vision: VisionArch = VisionArch()
+  text: TextArch = TextArch()
+  embed_dim: int = 512
+  activation: str = "quick_gelu"  # OpenAI weights; HF configs say "quick_gelu" too
+
+  def __post_init__(self):
+    if self.activation not in ("quick_gelu", "gelu"):
+      raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {self.activation!r}.")
+
+
+PRESETS = {
+    "ViT-B/32": CLIPArch(vision=VisionArch(patch_size=32)),
+    "ViT-B/16": CLIPArch(vision=VisionArch(patch_size=16)),
+    "ViT-L/14": CLIPArch(
+        vision=VisionArch(patch_size=14, width=1024, layers=24, heads=16),
+        text=TextArch(width=768, heads=12), embed_dim=768),
+    # Test-only sizes: the real vocabulary and context, so tokenizer output fits unchanged.
+    "tiny": CLIPArch(
+        vision=VisionArch(image_size=32, patch_size=8, width=64, layers=2, heads=4),
+        text=TextArch(width=64, layers=2, heads=4), embed_dim=32),
+}
+
+
+def get_arch(name: str) -> CLIPArch:
+  """Returns the preset architecture called `name` (e.g. "ViT-B/16")."""
+  if name not in PRESETS:
+    raise ValueError(f"Unknown CLIP architecture {name!r}; known: {sorted(PRESETS)}.")
+  return PRESETS[name]

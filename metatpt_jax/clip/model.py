@@ -1,0 +1,246 @@
+"""CLIP image and text towers as Flax linen modules, used only through `apply`.
+
+Parameter names mirror the Hugging Face `CLIPModel` state dict (`vision_model.encoder.layers_0.
+self_attn.q_proj`, ...), so weight import is renames and transposes in one place
+(`metatpt_jax/clip/checkpoint.py`). The functional API at the bottom of this file is what the
+rest of the project calls: every function takes the parameter pytree explicitly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metatpt_jax.clip.config import CLIPArch, EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT
+
+Dtype = Any
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)  # OpenAI CLIP's activation
+
+
+def _activation(name: str):
+  return quick_gelu if name == "quick_gelu" else lambda x: jax.nn.gelu(x, approximate=False)
+
+
+def _layer_norm(name):
+  # Statistics in fp32 whatever the matmul dtype: the mixed-precision policy keeps norms exact.
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=name)
+
+
+class Attention(nn.Module):
+  heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, causal: bool):
+    length, width = x.shape[-2:]
+    head_dim = width // self.heads
+    dense = lambda name: nn.Dense(width, dtype=self.dtype, name=name)
+    split = lambda t: t.reshape(t.shape[:-1] + (self.heads, head_dim))
+    q = split(dense("q_proj")(x)) * head_dim ** -0.5
+    k, v = split(dense("k_proj")(x)), split(dense("v_proj")(x))
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
+    if causal:
+      mask = jnp.tril(jnp.ones((length, length), bool))
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    return dense("out_proj")(out.reshape(out.shape[:-2] + (width,)))
+
+
+class MLP(nn.Module):
+  hidden: int
+  activation: str
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
+    h = _activation(self.activation)(h)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(h)
+
+
+class ResidualBlock(nn.Module):
+  """Pre-LN transformer block: x + attn(ln1(x)); x + mlp(ln2(x))."""
+  heads: int
+  mlp_ratio: int
+  activation: str
+  causal: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x + Attention(self.heads, self.dtype, name="self_attn")(
+        _layer_norm("layer_norm1")(x), self.causal)
+    h = _layer_norm("layer_norm2")(x)
+    return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h)
+
+
+class Encoder(nn.Module):
+  layers: int
+  heads: int
+  mlp_ratio: int
+  activation: str
+  causal: bool
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    block_cls = nn.remat(ResidualBlock) if self.remat else ResidualBlock
+    for i in range(self.layers):
+      x = block_cls(self.heads, self.mlp_ratio, self.activation, self.causal, self.dtype,
+                    name=f"layers_{i}")(x)
+    return x
+
+
+class VisionTransformer(nn.Module):
+  """Images [N, H, W, 3] (CLIP-normalised) -> pooled class-token features [N, width]."""
+  arch: CLIPArch
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    v = self.arch.vision
+    init = nn.initializers.normal(v.width ** -0.5)
+    patches = nn.Conv(v.width, (v.patch_size,) * 2, strides=(v.patch_size,) * 2, use_bias=False,
+                      padding="VALID", dtype=self.dtype, name="patch_embedding")(images)
+    n = images.shape[0]
+    x = patches.reshape(n, -1, v.width)
+    cls = self.param("class_embedding", init, (v.width,))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, v.width)), x], axis=1)
+    x = x + self.param("position_embedding", init, (v.num_patches + 1, v.width)).astype(x.dtype)
+    x = _layer_norm("pre_layrnorm")(x)  # sic: the HF name
+    x = Encoder(v.layers, v.heads, v.mlp_ratio, self.arch.activation, causal=False,
+                remat=self.remat, dtype=self.dtype, name="encoder")(x)
+    return _layer_norm("post_layernorm")(x[:, 0])
+
+
+class TextTransformer(nn.Module):
+  """Token embeddings [N, L, width] + EOT positions [N] -> pooled features [N, width]."""
+  arch: CLIPArch
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    t = self.arch.text
+    self.token_embedding = self.param(
+        "token_embedding", nn.initializers.normal(0.02), (t.vocab_size, t.width))
+    self.position_embedding = self.param(
+        "position_embedding", nn.initializers.normal(0.01), (t.context_length, t.width))
+    self.encoder = Encoder(t.layers, t.heads, t.mlp_ratio, self.arch.activation, causal=True,
+                           remat=self.remat, dtype=self.dtype)
+    self.final_layer_norm = _layer_norm("final_layer_norm")
+
+  def embed_tokens(self, token_ids):
+    return jnp.take(self.token_embedding, token_ids, axis=0)
+
+  def __call__(self, token_embeddings, eot_indices):
+    length = token_embeddings.shape[1]
+    x = (token_embeddings + self.position_embedding[:length]).astype(self.dtype)
+    x = self.final_layer_norm(self.encoder(x))
+    return jnp.take_along_axis(x, eot_indices[:, None, None], axis=1)[:, 0]
+
+
+class CLIP(nn.Module):
+  """Both towers, their projections and the logit scale."""
+  arch: CLIPArch
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.vision_model = VisionTransformer(self.arch, self.remat, self.dtype)
+    self.text_model = TextTransformer(self.arch, self.remat, self.dtype)
+    self.visual_projection = nn.Dense(self.arch.embed_dim, use_bias=False, dtype=self.dtype)
+    self.text_projection = nn.Dense(self.arch.embed_dim, use_bias=False, dtype=self.dtype)
+    self.logit_scale = self.param(
+        "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), ())
+
+  def encode_image(self, images):
+    return self.visual_projection(self.vision_model(images)).astype(jnp.float32)
+
+  def embed_tokens(self, token_ids):
+    return self.text_model.embed_tokens(token_ids)
+
+  def encode_text_embeddings(self, token_embeddings, eot_indices):
+    pooled = self.text_model(token_embeddings, eot_indices)
+    return self.text_projection(pooled).astype(jnp.float32)
+
+  def __call__(self, images, token_ids):
+    return (self.encode_image(images),
+            self.encode_text_embeddings(self.embed_tokens(token_ids), eot_positions(token_ids)),
+            self.logit_scale)
+
+
+# ------------------------------------------------------------------ functional API
+def eot_positions(token_ids: jax.Array) -> jax.Array:
+  """First position of the end-of-text token in each row of `token_ids` [N, L] -> [N].
+
+  Same as OpenAI's `argmax(ids)` (EOT has the largest id) and HF's first-EOS rule.
+  """
+  return jnp.argmax(token_ids == EOT_TOKEN_ID, axis=-1)
+
+
+def init_params(key: jax.Array, arch: CLIPArch) -> dict:
+  """Randomly initialised parameter pytree for `arch` (CLIP's std-0.02 token embeddings)."""
+  v = arch.vision
+  images = jnp.zeros((1, v.image_size, v.image_size, 3), jnp.float32)
+  ids = jnp.zeros((1, arch.text.context_length), jnp.int32)
+  return CLIP(arch).init(key, images, ids)["params"]
+
+
+def encode_image(params, images, arch: CLIPArch, *, remat=False, dtype=jnp.float32):
+  """Image embeddings (before normalisation).
+
+  Args:
+    params: CLIP parameter pytree.
+    images: [N, S, S, 3] float32, CLIP-normalised, S = arch.vision.image_size.
+  Returns:
+    [N, embed_dim] float32.
+  """
+  chex.assert_rank(images, 4)
+  return CLIP(arch, remat, dtype).apply({"params": params}, images, method=CLIP.encode_image)
+
+
+def embed_tokens(params, token_ids):
+  """Token ids [..., L] int -> token embeddings [..., L, width] (the prompt learner's input)."""
+  return jnp.take(params["text_model"]["token_embedding"], token_ids, axis=0)
+
+
+def encode_text_embeddings(params, token_embeddings, eot_indices, arch: CLIPArch, *,
+                           remat=False, dtype=jnp.float32):
+  """Text embeddings from token *embeddings*, so learned context vectors can be injected.
+
+  Args:
+    token_embeddings: [N, L, width] float32, L <= arch.text.context_length.
+    eot_indices: [N] int, position of each row's end-of-text token (the pooled position).
+  Returns:
+    [N, embed_dim] float32 (before normalisation).
+  """
+  chex.assert_rank(token_embeddings, 3)
+  chex.assert_rank(eot_indices, 1)
+  return CLIP(arch, remat, dtype).apply({"params": params}, token_embeddings, eot_indices,
+                                        method=CLIP.encode_text_embeddings)
+
+
+def encode_text(params, token_ids, arch: CLIPArch, **kwargs):
+  """Text embeddings from token ids [N, L] -> [N, embed_dim], pooled at the first EOT."""
+  chex.assert_rank(token_ids, 2)
+  return encode_text_embeddings(params, embed_tokens(params, token_ids), eot_positions(token_ids),
+                                arch, **kwargs)
+
+
+def normalize(x, axis=-1):
+  return x / jnp.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def clip_logits(params, image_features, text_features):
+  """exp(logit_scale) * cos(image, text): [N, E] x [C, E] -> [N, C]."""
+  scale = jnp.exp(params["logit_scale"])
+  return scale * normalize(image_features) @ normalize(text_features).T
