@@ -27,9 +27,15 @@ def _activation(name: str):
   return quick_gelu if name == "quick_gelu" else lambda x: jax.nn.gelu(x, approximate=False)
 
 
-def _layer_norm(name):
+def _wide(dtype):
+  """The dtype for norms, softmax and outputs: at least fp32 (fp64 in x64 gradient checks)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _layer_norm(name, dtype):
   # Statistics in fp32 whatever the matmul dtype: the mixed-precision policy keeps norms exact.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=jnp.float32, name=name)
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=_wide(dtype), param_dtype=_wide(dtype),
+                      name=name)
 
 
 class Attention(nn.Module):
@@ -44,10 +50,10 @@ class Attention(nn.Module):
     split = lambda t: t.reshape(t.shape[:-1] + (self.heads, head_dim))
     q = split(dense("q_proj")(x)) * head_dim ** -0.5
     k, v = split(dense("k_proj")(x)), split(dense("v_proj")(x))
-    scores = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(_wide(self.dtype))
     if causal:
       mask = jnp.tril(jnp.ones((length, length), bool))
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+      scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     return dense("out_proj")(out.reshape(out.shape[:-2] + (width,)))
@@ -76,8 +82,8 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x + Attention(self.heads, self.dtype, name="self_attn")(
-        _layer_norm("layer_norm1")(x), self.causal)
-    h = _layer_norm("layer_norm2")(x)
+        _layer_norm("layer_norm1", self.dtype)(x), self.causal)
+    h = _layer_norm("layer_norm2", self.dtype)(x)
     return x + MLP(x.shape[-1] * self.mlp_ratio, self.activation, self.dtype, name="mlp")(h)
 
 
@@ -116,10 +122,10 @@ class VisionTransformer(nn.Module):
     cls = self.param("class_embedding", init, (v.width,))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, v.width)), x], axis=1)
     x = x + self.param("position_embedding", init, (v.num_patches + 1, v.width)).astype(x.dtype)
-    x = _layer_norm("pre_layrnorm")(x)  # sic: the HF name
+    x = _layer_norm("pre_layrnorm", self.dtype)(x)  # sic: the HF name
     x = Encoder(v.layers, v.heads, v.mlp_ratio, self.arch.activation, causal=False,
                 remat=self.remat, dtype=self.dtype, name="encoder")(x)
-    return _layer_norm("post_layernorm")(x[:, 0])
+    return _layer_norm("post_layernorm", self.dtype)(x[:, 0])
 
 
 class TextTransformer(nn.Module):
@@ -136,7 +142,7 @@ class TextTransformer(nn.Module):
         "position_embedding", nn.initializers.normal(0.01), (t.context_length, t.width))
     self.encoder = Encoder(t.layers, t.heads, t.mlp_ratio, self.arch.activation, causal=True,
                            remat=self.remat, dtype=self.dtype)
-    self.final_layer_norm = _layer_norm("final_layer_norm")
+    self.final_layer_norm = _layer_norm("final_layer_norm", self.dtype)
 
   def embed_tokens(self, token_ids):
     return jnp.take(self.token_embedding, token_ids, axis=0)
@@ -163,14 +169,14 @@ class CLIP(nn.Module):
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), ())
 
   def encode_image(self, images):
-    return self.visual_projection(self.vision_model(images)).astype(jnp.float32)
+    return self.visual_projection(self.vision_model(images)).astype(_wide(self.dtype))
 
   def embed_tokens(self, token_ids):
     return self.text_model.embed_tokens(token_ids)
 
   def encode_text_embeddings(self, token_embeddings, eot_indices):
     pooled = self.text_model(token_embeddings, eot_indices)
-    return self.text_projection(pooled).astype(jnp.float32)
+    return self.text_projection(pooled).astype(_wide(self.dtype))
 
   def __call__(self, images, token_ids):
     return (self.encode_image(images),

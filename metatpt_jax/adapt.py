@@ -1,0 +1,78 @@
+"""Batched test-time adaptation steps: `(state, batch, key) -> (state, metrics)`.
+
+The per-sample methods (`zero_shot_one_sample`, `tpt.tpt_adapt_one_sample`,
+`metatpt.metatpt_adapt_one_sample`) have no batch axis; here `jax.vmap` adds it, and with a mesh
+`jax.shard_map` splits the batch over the data axis while the frozen state stays replicated.
+Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on which other
+samples share its batch, their order, or the device it lands on.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from metatpt_jax import metatpt, tpt
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.sharding import DATA_AXIS
+
+METHODS = ("zero_shot", "tpt", "metatpt")
+
+
+class AdaptState(NamedTuple):
+  """Everything a step reads but does not change per sample."""
+  frozen: FrozenCLIP
+  phi: Any = None    # generator parameters MetaTPT starts from (None for other methods)
+  step: jax.Array = jnp.zeros((), jnp.int32)
+
+
+def zero_shot_one_sample(frozen: FrozenCLIP, image, key, spec, mspec: ModelSpec):
+  """CLIP with the initial prompt on the image itself: [S, S, 3] -> logits [C]."""
+  del key, spec
+  feats = encode_images(frozen, image[None], mspec)
+  return logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))[0], {}
+
+
+def per_sample_fn(method: str, spec, mspec: ModelSpec):
+  """fn(state, image, key) -> (logits [C], metrics) for one sample of `method`."""
+  if method == "zero_shot":
+    return lambda st, image, key: zero_shot_one_sample(st.frozen, image, key, spec, mspec)
+  if method == "tpt":
+    return lambda st, image, key: tpt.tpt_adapt_one_sample(st.frozen, image, key, spec, mspec)
+  if method == "metatpt":
+    def fn(st, image, key):
+      out, metrics = metatpt.metatpt_adapt_one_sample(st.frozen, st.phi, image, key, spec, mspec)
+      metrics = dict(metrics)
+      metrics.pop("phi")  # per-sample generators are not returned (memory); the loss is
+      return out, metrics
+    return fn
+  raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+
+
+def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
+                mspec: ModelSpec):
+  """vmap of the per-sample method over batch["image"] [B, S, S, 3] with batch["index"] [B]."""
+  fn = per_sample_fn(method, spec, mspec)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
+  out, metrics = jax.vmap(fn, in_axes=(None, 0, 0))(state, batch["image"], keys)
+  return dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
+
+
+def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | None = None):
+  """A jitted `(state, batch, key) -> (state, metrics)` step.
+
+  With `mesh`, the batch axis of every batch entry is split over `DATA_AXIS` (the batch size
+  must be a multiple of the axis size) and the state is replicated.
+  """
+  fn = functools.partial(adapt_batch, method=method, spec=spec, mspec=mspec)
+  if mesh is not None:
+    fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(DATA_AXIS))
+
+  def step(state, batch, key):
+    metrics = fn(state, batch, key)
+    return state._replace(step=state.step + 1), metrics
+
+  return jax.jit(step)

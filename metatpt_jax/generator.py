@@ -1,0 +1,124 @@
+"""The learned augmentation generator G_phi of MetaTPT (../shared/docs/METHOD.md section 2).
+
+G_phi maps K noise vectors z_k (and, optionally, the stop-gradient image feature) to K affine
+transforms built from named, bounded factors:
+
+  area      in [area_min, 1]     fraction of the image the crop covers
+  log_ratio in [log 3/4, log 4/3] crop aspect ratio
+  center_x, center_y             kept so the (unrotated) crop lies inside the image
+  rotation  in [-max_rotation, max_rotation] radians
+  shear     in [-max_shear, max_shear]
+  flip      soft sign in (-1, 1), tanh(flip_sharpness * raw / 2)
+
+Each factor is a fixed squashing of (z + delta_phi(z, feature)), where z ~ N(0, I) and the MLP's
+last layer starts at zero. So at initialisation area and log-ratio are uniform on their ranges
+(normal CDF of a standard normal), the centre is uniform over valid positions and flips are
++-1 with probability 1/2 -- the distribution of TPT's RandomResizedCrop + flip -- while rotation
+and shear start at exactly 0 (their noise is scaled by 0 until the generator learns otherwise).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.scipy.stats import norm
+
+from metatpt_jax import views as views_lib
+
+FACTORS = ("area", "log_ratio", "center_x", "center_y", "rotation", "shear", "flip")
+NUM_FACTORS = len(FACTORS)
+# Noise scale per factor at init: rotation and shear start at the identity.
+_NOISE_SCALE = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+
+
+class GeneratorSpec(NamedTuple):
+  """Static bounds of the factors (hashable; a config turns into one)."""
+  area_min: float = 0.08
+  ratio_min: float = 3 / 4
+  ratio_max: float = 4 / 3
+  max_rotation: float = math.radians(30.0)
+  max_shear: float = 0.3
+  flip_sharpness: float = 10.0
+  hidden: int = 64
+  use_feature: bool = True
+
+
+class _DeltaMLP(nn.Module):
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
+    # zero init: the generator starts exactly at the TPT-like base distribution
+    return nn.Dense(NUM_FACTORS, kernel_init=nn.initializers.zeros, name="out")(h)
+
+
+def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dict:
+  """Generator parameters phi (a pytree)."""
+  in_dim = NUM_FACTORS + (feature_dim if spec.use_feature else 0)
+  return _DeltaMLP(spec.hidden).init(key, jnp.zeros((1, in_dim)))["params"]
+
+
+def sample_noise(key: jax.Array, num: int) -> jax.Array:
+  """[num, NUM_FACTORS] standard normal noise z, fixed per sample across inner/outer steps."""
+  return jax.random.normal(key, (num, NUM_FACTORS))
+
+
+def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array | None):
+  """Pre-squashing factors [K, F] and the generator's deviation from the base [K, F]."""
+  chex.assert_rank(noise, 2)
+  base = noise * _NOISE_SCALE.astype(noise.dtype)
+  inputs = noise
+  if spec.use_feature:
+    if feature is None:
+      raise ValueError("GeneratorSpec.use_feature=True needs the image feature f(x).")
+    feat = jax.lax.stop_gradient(feature / jnp.linalg.norm(feature))
+    inputs = jnp.concatenate([noise, jnp.broadcast_to(feat, (noise.shape[0],) + feat.shape)], -1)
+  delta = _DeltaMLP(spec.hidden).apply({"params": phi}, inputs)
+  return base + delta, delta
+
+
+def factors_to_theta(raw: jax.Array, spec: GeneratorSpec) -> tuple[jax.Array, dict]:
+  """Squashes raw factors [F] into bounded named factors and their affine [2, 3]."""
+  u = norm.cdf(raw[:4])  # uniform(0, 1) at init
+  area = spec.area_min + (1 - spec.area_min) * u[0]
+  log_ratio = math.log(spec.ratio_min) + (math.log(spec.ratio_max / spec.ratio_min)) * u[1]
+  # side fractions, clipped to the frame (this keeps area and ratio inside their ranges)
+  cw = jnp.minimum(jnp.sqrt(area * jnp.exp(log_ratio)), 1.0)
+  ch = jnp.minimum(jnp.sqrt(area / jnp.exp(log_ratio)), 1.0)
+  cx, cy = (1 - cw) * (2 * u[2] - 1), (1 - ch) * (2 * u[3] - 1)
+  rotation = spec.max_rotation * jnp.tanh(raw[4])
+  shear = spec.max_shear * jnp.tanh(raw[5])
+  flip = jnp.tanh(spec.flip_sharpness * raw[6] / 2)
+  cos, sin = jnp.cos(rotation), jnp.sin(rotation)
+  rot = jnp.stack([jnp.stack([cos, -sin]), jnp.stack([sin, cos])])
+  shear_m = jnp.stack([jnp.stack([jnp.ones_like(shear), shear]),
+                       jnp.stack([jnp.zeros_like(shear), jnp.ones_like(shear)])])
+  crop = views_lib.crop_theta(cx, cy, cw, ch, flip)
+  linear = rot @ shear_m @ crop[:, :2]
+  theta = jnp.concatenate([linear, crop[:, 2:]], axis=1)
+  named = dict(area=cw * ch, ratio=cw / ch, center_x=cx, center_y=cy, rotation=rotation,
+               shear=shear, flip=flip)
+  return theta, named
+
+
+def generate_thetas(phi, spec: GeneratorSpec, noise, feature=None):
+  """K affines [K, 2, 3], named factors {name: [K]}, and the deviation penalty (scalar).
+
+  The penalty is the mean squared deviation of the raw factors from their base distribution,
+  which keeps learned views near TPT-like crops (the sample's content stays in view).
+  """
+  raw, delta = raw_factors(phi, spec, noise, feature)
+  thetas, named = jax.vmap(lambda r: factors_to_theta(r, spec))(raw)
+  return thetas, named, jnp.mean(delta ** 2)
+
+
+def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=None):
+  """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi. Returns ([K+1, S, S, 3], penalty)."""
+  thetas, _, penalty = generate_thetas(phi, spec, noise, feature)
+  warped = jax.vmap(views_lib.affine_warp, in_axes=(None, 0))(image, thetas)
+  return jnp.concatenate([image[None], warped], axis=0), penalty

@@ -1,0 +1,178 @@
+"""MetaTPT (arXiv 2512.12268) as specified in ../shared/docs/METHOD.md section 2.
+
+Per test image x, meta-parameters (p, phi) = (prompt context, augmentation generator):
+
+  inner:  phi' = phi - alpha * grad_phi L_aux(phi; x, p)            (inner_steps times)
+  outer:  L_out(p, phi) = confident-view marginal entropy + w * KL(kept views || their mean),
+          on the views G_{phi'(phi, p)} makes of x; (p, phi) <- AdamW(grad_{p, phi} L_out).
+
+`jax.grad` of the outer loss flows through the inner update (second order, MAML-style).
+order="first" stops it at phi' (FOMAML: d phi'/d phi = I, d phi'/d p = 0). The prompt's
+meta-gradient has a second-order term only when L_aux depends on p (default "view_kl"); with a
+p-free L_aux ("embedding_agreement") second and first order give the same prompt gradient.
+
+Ablations (all `MetaTPTSpec` fields): augment="fixed" (TPT's random crops, no generator),
+schedule="joint" (one joint step on L_aux + L_out, no inner step), order="first", and the
+offline augmenter (`fit_offline_generator` learns phi across a stream, then augment="frozen"
+uses it without inner steps).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from metatpt_jax import generator as gen
+from metatpt_jax import losses, tpt, views
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+
+
+class MetaTPTSpec(NamedTuple):
+  n_views: int = 64                  # view 0 + 63 generated views, as TPT
+  selection_ratio: float = 0.1
+  augment: str = "learned"           # learned | fixed | frozen (offline generator)
+  schedule: str = "dual_loop"        # dual_loop | joint
+  order: str = "second"              # second | first
+  inner_steps: int = 1
+  inner_lr: float = 0.1
+  aux_loss: str = "view_kl"          # see losses.AUX_LOSSES
+  aux_penalty: float = 1.0           # weight of the generator's deviation penalty in L_aux
+  consistency_weight: float = 1.0
+  outer_steps: int = 1
+  prompt_lr: float = 5e-3            # TPT's
+  generator_lr: float = 1e-3
+  weight_decay: float = 0.01
+  generator: gen.GeneratorSpec = gen.GeneratorSpec()
+
+  @property
+  def num_keep(self) -> int:
+    return int(self.n_views * self.selection_ratio)
+
+
+class _Episode(NamedTuple):
+  """Per-sample constants shared by the inner and outer losses."""
+  image: jax.Array      # [S, S, 3]
+  feature0: jax.Array   # [E] view-0 feature (no gradient; conditions the generator)
+  noise: jax.Array      # [K, F] generator noise, fixed for the episode
+
+
+def _view_features(frozen, phi, ep: _Episode, spec: MetaTPTSpec, mspec: ModelSpec):
+  """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
+  thetas, _, penalty = gen.generate_thetas(phi, spec.generator, ep.noise, ep.feature0)
+  warped = jax.vmap(views.affine_warp, in_axes=(None, 0))(ep.image, thetas)
+  feats = encode_images(frozen, warped, mspec, remat=mspec.remat)
+  return jnp.concatenate([ep.feature0[None], feats], axis=0), penalty
+
+
+def aux_loss(frozen, phi, ctx, ep, spec, mspec):
+  """L_aux(phi; x, p): the self-supervised inner objective (+ deviation penalty)."""
+  feats, penalty = _view_features(frozen, phi, ep, spec, mspec)
+  view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
+  return losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
+
+
+def inner_update(frozen, phi, ctx, ep, spec, mspec):
+  """phi' after `inner_steps` SGD steps on L_aux; differentiable w.r.t. phi and ctx."""
+  adapted = phi
+  for _ in range(spec.inner_steps):  # few, static steps: unrolled
+    g = jax.grad(aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec)
+    adapted = jax.tree.map(lambda w, d: w - spec.inner_lr * d, adapted, g)
+  if spec.order == "first":
+    adapted = jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
+  return adapted
+
+
+def _consistency(frozen, feats, ctx, spec, mspec):
+  view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
+  return losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
+
+
+def outer_loss(frozen, meta, ep, spec, mspec):
+  """L_out(p, phi) for meta = {"ctx": p, "phi": phi}, through the inner update."""
+  ctx, phi = meta["ctx"], meta["phi"]
+  if spec.schedule == "joint":  # one stage: L_aux + L_out on the same views, no inner step
+    feats, penalty = _view_features(frozen, phi, ep, spec, mspec)
+    view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
+    aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
+    return aux + losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
+  adapted = inner_update(frozen, phi, ctx, ep, spec, mspec)
+  feats, _ = _view_features(frozen, adapted, ep, spec, mspec)
+  return _consistency(frozen, feats, ctx, spec, mspec)
+
+
+def make_meta_optimizer(spec: MetaTPTSpec):
+  adamw = lambda lr: optax.adamw(lr, weight_decay=spec.weight_decay)
+  return optax.multi_transform({"ctx": adamw(spec.prompt_lr), "phi": adamw(spec.generator_lr)},
+                               {"ctx": "ctx", "phi": "phi"})
+
+
+def _tune(loss_fn, meta, steps, optimizer):
+  """`steps` AdamW steps of loss_fn(meta) from a fresh optimiser state; returns (meta, loss0)."""
+  def step(carry, _):
+    meta, opt_state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(meta)
+    updates, opt_state = optimizer.update(grads, opt_state, meta)
+    return (optax.apply_updates(meta, updates), opt_state), loss
+  (meta, _), step_losses = jax.lax.scan(step, (meta, optimizer.init(meta)), None, length=steps)
+  return meta, step_losses[0]
+
+
+def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
+                             spec: MetaTPTSpec, mspec: ModelSpec):
+  """Adapts (p, phi) to one image and predicts it with the adapted prompt on view 0.
+
+  Args:
+    frozen: CLIP parameters, prompt bank and initial context (reset every sample).
+    phi: generator parameters to start from (initial, or the offline-learned ones).
+    image: [S, S, 3] float in [0, 1], already resized and centre-cropped.
+    key: this sample's PRNG key.
+  Returns:
+    (logits [C], metrics) -- metrics hold the first outer loss and the adapted phi.
+  """
+  chex.assert_rank(image, 3)
+  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+  if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
+    all_views = views.tpt_views(image, key, spec.n_views)
+    feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
+    loss_fn = lambda meta: _consistency(frozen, feats, meta["ctx"], spec, mspec)
+  else:
+    ep = _Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
+    if spec.augment == "frozen":  # offline generator: views fixed by phi, only p tuned
+      feats, _ = jax.lax.stop_gradient(_view_features(frozen, phi, ep, spec, mspec))
+      loss_fn = lambda meta: _consistency(frozen, feats, meta["ctx"], spec, mspec)
+    else:
+      loss_fn = lambda meta: outer_loss(frozen, meta, ep, spec, mspec)
+  meta = {"ctx": frozen.ctx_init, "phi": phi}
+  meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec))
+  final = logits(frozen, feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
+  return final, dict(loss=loss0, phi=meta["phi"])
+
+
+def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.Array,
+                          spec: MetaTPTSpec, mspec: ModelSpec):
+  """Learns phi across a stream of unlabeled images [T, S, S, 3]; the prompt resets per image.
+
+  Each image contributes one meta-gradient step on phi (dual-loop outer loss); returns the
+  final phi, to be used frozen (augment="frozen") on the test stream.
+  """
+  chex.assert_rank(images, 4)
+  opt = optax.adamw(spec.generator_lr, weight_decay=spec.weight_decay)
+  online = spec._replace(augment="learned")
+
+  def step(carry, xs):
+    phi, opt_state = carry
+    image, index = xs
+    k = jax.random.fold_in(key, index)
+    feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+    ep = _Episode(image, feature0, gen.sample_noise(k, spec.n_views - 1))
+    loss_fn = lambda p: outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
+    loss, grads = jax.value_and_grad(loss_fn)(phi)
+    updates, opt_state = opt.update(grads, opt_state, phi)
+    return (optax.apply_updates(phi, updates), opt_state), loss
+
+  (phi, _), stream_losses = jax.lax.scan(step, (phi, opt.init(phi)),
+                                         (images, jnp.arange(images.shape[0])))
+  return phi, stream_losses

@@ -1,0 +1,113 @@
+"""CoOp-style prompt learner: learnable context vectors in front of each class name.
+
+Text for class c is [SOT, ctx_1..ctx_n, <class-name tokens>, ".", EOT] as in CoOp and TPT
+(../shared/docs/METHOD.md section 1). The fixed parts (SOT prefix, class-name suffix, EOT
+positions) are a `PromptBank` of arrays built once on the host; the context is a plain
+[n_ctx, width] array, the only thing test-time tuning changes.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metatpt_jax.clip import model as clip_model
+from metatpt_jax.clip.config import CLIPArch
+
+PLACEHOLDER = "X"  # stands in for the context tokens when tokenising prompts, as in CoOp
+
+
+class PromptBank(NamedTuple):
+  """Frozen token embeddings around the learnable context, for C classes.
+
+  prefix: [C, 1, W] embedding of SOT.  suffix: [C, L - 1 - n_ctx, W] class name, ".", EOT, pad.
+  eot_indices: [C] int32 position of EOT in the full sequence.
+  """
+  prefix: jax.Array
+  suffix: jax.Array
+  eot_indices: jax.Array
+
+
+def _tokenizer(tokenizer):
+  if tokenizer is not None:
+    return tokenizer
+  from metatpt_jax.clip.tokenizer import default_tokenizer  # pylint: disable=g-import-not-at-top
+  return default_tokenizer()
+
+
+def build_prompt_bank(clip_params, arch: CLIPArch, class_names: Sequence[str], n_ctx: int,
+                      tokenizer=None) -> PromptBank:
+  """Tokenises "X X X X {class}." for every class and embeds the fixed parts."""
+  if not class_names:
+    raise ValueError("class_names is empty: pass at least one class name.")
+  tok = _tokenizer(tokenizer)
+  texts = [" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in class_names]
+  ids = np.asarray(tok(texts, context_length=arch.text.context_length, truncate=False))
+  emb = clip_model.embed_tokens(clip_params, jnp.asarray(ids))
+  eot = clip_model.eot_positions(jnp.asarray(ids)).astype(jnp.int32)
+  return PromptBank(prefix=emb[:, :1], suffix=emb[:, 1 + n_ctx:], eot_indices=eot)
+
+
+def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | None = "a photo of a",
+                 key: jax.Array | None = None, tokenizer=None) -> jax.Array:
+  """Initial context vectors [n_ctx, W].
+
+  Args:
+    init: words whose token embeddings initialise the context (CoOp/TPT: "a photo of a"; its
+      token count must equal n_ctx), or None for N(0, 0.02^2) random vectors (needs `key`), or a
+      path to saved vectors: a `.npz` with a `ctx` array, or a CoOp checkpoint (`.pth`/`.tar`,
+      `prompt_learner.ctx` in its state dict; torch imported lazily).
+  """
+  width = arch.text.width
+  if init is None:
+    if key is None:
+      raise ValueError("Random context init needs a PRNG key: pass key=jax.random.key(seed).")
+    return 0.02 * jax.random.normal(key, (n_ctx, width))  # CoOp's init std
+  if os.path.splitext(init)[1] in (".npz", ".pth", ".tar", ".pt"):
+    ctx = load_context(init)
+  else:
+    ids = np.asarray(_tokenizer(tokenizer)([init], context_length=arch.text.context_length))[0]
+    n_words = int(np.argmax(ids == clip_model.EOT_TOKEN_ID)) - 1
+    if n_words != n_ctx:
+      raise ValueError(f"Context init {init!r} has {n_words} tokens but n_ctx={n_ctx}; set "
+                       f"n_ctx={n_words} or choose other words.")
+    ctx = clip_model.embed_tokens(clip_params, jnp.asarray(ids[1:1 + n_ctx]))
+  ctx = jnp.asarray(ctx, jnp.float32)
+  if ctx.shape != (n_ctx, width):
+    raise ValueError(f"Saved context {init!r} has shape {ctx.shape}; this model needs "
+                     f"({n_ctx}, {width}). Class-specific (3-D) contexts are not supported.")
+  return ctx
+
+
+def load_context(path: str) -> np.ndarray:
+  """Reads context vectors from a `.npz` (key `ctx`) or a CoOp checkpoint file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Context file {path!r} does not exist.")
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      if "ctx" not in data:
+        raise KeyError(f"{path!r} has no 'ctx' array (found {sorted(data.files)}).")
+      return data["ctx"]
+  import torch  # pylint: disable=g-import-not-at-top  # only for CoOp's torch checkpoints
+  state = torch.load(path, map_location="cpu", weights_only=False)
+  state = state.get("state_dict", state)
+  for key in ("prompt_learner.ctx", "ctx"):
+    if key in state:
+      return state[key].float().numpy()
+  raise KeyError(f"{path!r} has no 'prompt_learner.ctx' or 'ctx' tensor.")
+
+
+def text_features(clip_params, arch: CLIPArch, bank: PromptBank, ctx: jax.Array,
+                  **encode_kwargs) -> jax.Array:
+  """Unit-norm class text features [C, E] for context `ctx` [n_ctx, W]."""
+  chex.assert_rank(ctx, 2)
+  n_cls = bank.prefix.shape[0]
+  ctx = jnp.broadcast_to(ctx.astype(bank.prefix.dtype), (n_cls,) + ctx.shape)
+  embeddings = jnp.concatenate([bank.prefix, ctx, bank.suffix], axis=1)
+  feats = clip_model.encode_text_embeddings(clip_params, embeddings, bank.eot_indices, arch,
+                                            **encode_kwargs)
+  return clip_model.normalize(feats)

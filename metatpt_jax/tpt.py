@@ -1,0 +1,97 @@
+"""TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as METHOD.md section 1.
+
+Per image: 64 views (the image + 63 random resized crops with flips), image features once without
+gradient, the 10% lowest-entropy views chosen at the first step, the entropy of their averaged
+prediction minimised over the prompt context with AdamW (lr 5e-3, PyTorch defaults), prediction on
+view 0 with the tuned context. Context and optimiser state start afresh for every sample.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from metatpt_jax import augmix, losses, views
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+
+
+class TPTSpec(NamedTuple):
+  """Static TPT hyper-parameters; defaults are the public implementation's."""
+  n_views: int = 64
+  selection_ratio: float = 0.1
+  steps: int = 1
+  lr: float = 5e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01       # torch.optim.AdamW's default
+  view_kind: str = "random_crop"   # or "augmix" (TPT's choice for the fine-grained sets)
+  crop_scale: tuple = (0.08, 1.0)
+
+  @property
+  def num_keep(self) -> int:
+    return int(self.n_views * self.selection_ratio)
+
+
+def make_optimizer(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01):
+  """AdamW with torch.optim.AdamW's semantics (decoupled decay scaled by lr)."""
+  return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+
+
+def make_views(image, key, spec: TPTSpec):
+  if spec.view_kind == "random_crop":
+    return views.tpt_views(image, key, spec.n_views, scale=spec.crop_scale)
+  if spec.view_kind == "augmix":
+    return augmix.augmix_views(image, key, spec.n_views, scale=spec.crop_scale)
+  raise ValueError(f"Unknown view_kind {spec.view_kind!r}; use 'random_crop' or 'augmix'.")
+
+
+def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, mspec: ModelSpec):
+  """TPT's inner loop given fixed view features [V, E]: returns (tuned ctx, metrics)."""
+  opt = make_optimizer(spec.lr, spec.b1, spec.b2, spec.eps, spec.weight_decay)
+
+  def loss_fn(ctx, keep):
+    view_logits = logits(frozen, image_features, class_features(frozen, ctx, mspec))
+    # Selection happens once, at the first step (keep is None there).
+    keep = losses.select_confident(view_logits, spec.num_keep) if keep is None else keep
+    return losses.marginal_entropy(view_logits[keep]), (keep, view_logits[0])
+
+  def update(ctx, opt_state, grad):
+    updates, opt_state = opt.update(grad, opt_state, ctx)
+    return optax.apply_updates(ctx, updates), opt_state
+
+  # The first step also chooses the confident views; later steps reuse that choice.
+  ctx = frozen.ctx_init
+  (loss0, (keep, zs_logits)), grad = jax.value_and_grad(loss_fn, has_aux=True)(ctx, None)
+  ctx, opt_state = update(ctx, opt.init(ctx), grad)
+
+  def step(carry, _):
+    ctx, opt_state = carry
+    (loss, _), grad = jax.value_and_grad(loss_fn, has_aux=True)(ctx, keep)
+    return update(ctx, opt_state, grad), loss
+
+  (ctx, _), _ = jax.lax.scan(step, (ctx, opt_state), None, length=spec.steps - 1)
+  return ctx, dict(loss=loss0, zero_shot_logits=zs_logits, selected=keep)
+
+
+def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: TPTSpec,
+                         mspec: ModelSpec):
+  """Adapts the prompt to one image and predicts it.
+
+  Args:
+    frozen: CLIP parameters, prompt bank and initial context.
+    image: [S, S, 3] float in [0, 1], S = image size of the architecture (already resized and
+      centre-cropped, not normalised).
+    key: PRNG key of this sample (derive it from the sample's index, not its batch position).
+  Returns:
+    logits [C] of view 0 with the tuned context, and metrics (loss, zero-shot logits, ...).
+  """
+  chex.assert_rank(image, 3)
+  all_views = make_views(image, key, spec)
+  feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
+  ctx, metrics = tune_prompt_on_features(frozen, feats, spec, mspec)
+  final = logits(frozen, feats[:1], class_features(frozen, ctx, mspec))[0]
+  return final, metrics
