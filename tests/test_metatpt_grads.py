@@ -1,0 +1,97 @@
+"""Second-order meta-gradients of MetaTPT: check_grads, finite differences, first-order switch."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from metatpt_jax import generator as gen
+from metatpt_jax import metatpt
+from tests import method_helpers as h
+
+# float64 makes second-order finite differences meaningful (fp32 FD noise ~1e-3 would hide
+# errors of that size). Bilinear sampling is only piecewise smooth: its derivative jumps where a
+# sample point crosses a pixel boundary. FD steps of 1e-7 (in parameter space) stay inside one
+# cell for all ~1,800 sample points here; steps of 1e-5 cross some and disagree by ~1e-3.
+FD_EPS = 1e-7
+pytestmark = pytest.mark.usefixtures("x64")
+
+SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
+                           generator=gen.GeneratorSpec(hidden=8))
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _setup(spec=SPEC):
+  frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
+  image = h.random_images(3, 1)[0].astype(jnp.float64)
+  feature0 = jax.lax.stop_gradient(metatpt.encode_images(frozen, image[None], mspec)[0])
+  ep = metatpt._Episode(image, feature0, gen.sample_noise(jax.random.key(4), spec.n_views - 1)
+                        .astype(jnp.float64))
+  phi = h.init_phi(spec, dtype=jnp.float64, perturb=0.3)
+  return frozen, mspec, ep, {"ctx": frozen.ctx_init, "phi": phi}
+
+
+def _loss(spec):
+  frozen, mspec, ep, meta = _setup(spec)
+  return jax.jit(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec)), meta
+
+
+def test_check_grads_order2_through_inner_step():
+  loss, meta = _loss(SPEC)
+  # modes fwd+rev to order 2 covers the Hessian-vector products a MAML user would take.
+  check_grads(jax.jit(loss), (meta,), order=2, modes=("rev",), atol=1e-5, rtol=1e-5, eps=FD_EPS)
+
+
+def test_meta_gradient_matches_central_differences():
+  loss, meta = _loss(SPEC)
+  grads = jax.grad(loss)(meta)
+  flat, unravel = jax.flatten_util.ravel_pytree(meta)
+  gflat, _ = jax.flatten_util.ravel_pytree(grads)
+  rng = np.random.default_rng(0)
+  for _ in range(4):  # random directions, so every parameter is probed
+    d = rng.normal(size=flat.shape)
+    d /= np.linalg.norm(d)
+    eps = FD_EPS
+    fd = (loss(unravel(flat + eps * d)) - loss(unravel(flat - eps * d))) / (2 * eps)
+    np.testing.assert_allclose(float(gflat @ d), float(fd), rtol=1e-6, atol=1e-8)
+
+
+def test_second_order_differs_from_first_order_when_aux_uses_prompt():
+  g2 = jax.grad(_loss(SPEC)[0])(_loss(SPEC)[1])
+  first = SPEC._replace(order="first")
+  loss1, meta = _loss(first)
+  g1 = jax.grad(loss1)(meta)
+  diff = float(jnp.abs(g2["ctx"] - g1["ctx"]).max())
+  assert diff > 1e-6 * float(jnp.abs(g1["ctx"]).max()), "no second-order term reached the prompt"
+
+
+def test_second_order_equals_first_order_for_prompt_without_cross_term():
+  # A prompt-free inner loss has no d phi'/d p, so the prompt's meta-gradient is first order.
+  spec = SPEC._replace(aux_loss="embedding_agreement")
+  loss2, meta = _loss(spec)
+  loss1, _ = _loss(spec._replace(order="first"))
+  g2, g1 = jax.grad(loss2)(meta), jax.grad(loss1)(meta)
+  np.testing.assert_allclose(g2["ctx"], g1["ctx"], rtol=1e-10, atol=1e-14)
+  # ... while phi still gets its second-order term (I - alpha * Hessian) from the inner step.
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g2["phi"], g1["phi"])
+  assert max(jax.tree.leaves(diff)) > 1e-8
+
+
+def test_first_order_gradient_is_outer_gradient_at_adapted_phi():
+  # FOMAML: grad w.r.t. phi equals grad of the outer loss evaluated at phi' (identity Jacobian).
+  spec = SPEC._replace(order="first")
+  frozen, mspec, ep, meta = _setup(spec)
+  adapted = metatpt.inner_update(frozen, meta["phi"], meta["ctx"], ep, spec, mspec)
+  g1 = jax.grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec))(meta)
+
+  def at_adapted(phi_prime):
+    feats, _ = metatpt._view_features(frozen, phi_prime, ep, spec, mspec)
+    return metatpt._consistency(frozen, feats, meta["ctx"], spec, mspec)
+  g_direct = jax.grad(at_adapted)(adapted)
+  for a, b in zip(jax.tree.leaves(g1["phi"]), jax.tree.leaves(g_direct)):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
