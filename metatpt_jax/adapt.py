@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from metatpt_jax import metatpt, tpt
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.frozen_clip import (FrozenCLIP, ModelSpec, check_images, class_features,
+                                     encode_images, logits)
 from metatpt_jax.sharding import DATA_AXIS
 
 METHODS = ("zero_shot", "tpt", "metatpt")
@@ -75,4 +76,13 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
     metrics = fn(state, batch, key)
     return state._replace(step=state.step + 1), metrics
 
-  return jax.jit(step)
+  jitted = jax.jit(step)
+
+  @functools.wraps(step)
+  def checked_step(state, batch, key):
+    # Malformed or NaN/Inf images fail here, on the host, before anything is compiled or run.
+    check_images(batch["image"], mspec.arch.vision.image_size, batched=True)
+    return jitted(state, batch, key)
+
+  checked_step.jitted = jitted  # the raw jitted step (for tracing, lowering, cache inspection)
+  return checked_step
