@@ -176,3 +176,17 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
   (phi, _), stream_losses = jax.lax.scan(step, (phi, opt.init(phi)),
                                          (images, jnp.arange(images.shape[0])))
   return phi, stream_losses
+
+
+def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: MetaTPTSpec,
+                                 mspec: ModelSpec):
+  """The generated views of one image under phi and under phi' (after the inner loop).
+
+  For inspection and plots: ([K+1, S, S, 3], [K+1, S, S, 3]), view 0 first.
+  """
+  feature0 = encode_images(frozen, image[None], mspec)[0]
+  ep = _Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
+  adapted = inner_update(frozen, phi, frozen.ctx_init, ep, spec, mspec)
+  before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, feature0)
+  after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, feature0)
+  return before, after

@@ -1,0 +1,27 @@
+"""The README's benchmark: the small CLIP pretrained here, shifted Fashion-/Animal-MNIST domains.
+
+    metatpt-bench --config configs/bench_small.py
+    metatpt-bench --config configs/bench_small.py:demo     # `make demo`: fewer images, 1 seed
+"""
+from metatpt_jax.bench import defaults
+
+
+def get_config(arg: str = ""):
+  c = defaults.base_config()
+  c.data.domains = [
+      "fashion_mnist:clean",
+      "fashion_mnist:gaussian_noise:3",
+      "fashion_mnist:defocus_blur:3",
+      "fashion_mnist:contrast:2",
+      "fashion_mnist:elastic_transform:3",
+      "fashion_mnist:affine:3",
+      "animal_mnist:affine:3",
+  ]
+  c.output_dir = "runs/bench_small"
+  if arg == "demo":
+    c.data.num_images = 200
+    c.seeds = [0]
+    c.output_dir = "runs/demo"
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r}; valid: '' or 'demo'.")
+  return c
