@@ -8,7 +8,7 @@ from metatpt_jax.bench import defaults
 
 def get_config(arg: str = ""):
   c = defaults.base_config()
-  c.data.domains = [
+  c.data.domains = (
       "fashion_mnist:clean",
       "fashion_mnist:gaussian_noise:3",
       "fashion_mnist:defocus_blur:3",
@@ -16,11 +16,11 @@ def get_config(arg: str = ""):
       "fashion_mnist:elastic_transform:3",
       "fashion_mnist:affine:3",
       "animal_mnist:affine:3",
-  ]
+  )
   c.output_dir = "runs/bench_small"
   if arg == "demo":
     c.data.num_images = 200
-    c.seeds = [0]
+    c.seeds = (0,)
     c.output_dir = "runs/demo"
   elif arg:
     raise ValueError(f"Unknown variant {arg!r}; valid: '' or 'demo'.")

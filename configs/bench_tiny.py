@@ -1,19 +1,27 @@
-"""Seconds-long benchmark for smoke tests: point model.checkpoint at a tiny checkpoint."""
+"""Seconds-long benchmark for smoke tests; set model.checkpoint and data.domains on the command line.
+
+    metatpt-bench --config configs/bench_tiny.py --config.model.checkpoint=/tmp/tiny_clip
+    metatpt-bench --config configs/bench_tiny.py:quick ...   # zero-shot, TPT, MetaTPT only
+"""
 from metatpt_jax.bench import defaults
 
 
-def get_config():
+def get_config(arg: str = ""):
   c = defaults.base_config()
-  c.model.checkpoint = ""  # set on the command line
-  c.data.domains = ["fashion_mnist:clean"]
+  c.model.checkpoint = ""
+  c.data.domains = ("fashion_mnist:clean",)
   c.data.num_images = 6
   c.data.cache_dir = ""
-  c.seeds = [0]
+  c.seeds = (0,)
   c.batch_size = 4
-  c.methods = defaults.all_methods(n_views=8, selection_ratio=0.25, offline_images=4,
-                                   generator=dict(defaults.metatpt_method().generator, hidden=8))
-  c.methods.tpt.n_views = 8
-  c.methods.tpt.selection_ratio = 0.25
+  small = dict(n_views=8, selection_ratio=0.25)
+  c.methods = defaults.all_methods(
+      offline_images=4, generator=dict(defaults.metatpt_method().generator, hidden=8), **small)
+  c.methods.tpt.update(small)
+  if arg == "quick":
+    c.methods = {k: c.methods[k] for k in ("zero_shot", "tpt", "metatpt")}
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r}; valid: '' or 'quick'.")
   c.output_dir = "runs/bench_tiny"
   c.progress_bar = False
   return c

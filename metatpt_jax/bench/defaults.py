@@ -44,9 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False)
   c.prompt = dict(n_ctx=4, init="a photo of a")
-  c.data = dict(domains=["fashion_mnist:clean"], num_images=500, split="test",
+  c.data = dict(domains=("fashion_mnist:clean",), num_images=500, split="test",
                 cache_dir="runs/domain_cache")
-  c.seeds = [0, 1, 2]
+  c.seeds = (0, 1, 2)  # tuples: overridable as --config.seeds="(0,)"
   c.batch_size = 8
   c.methods = all_methods()
   c.output_dir = "runs/bench"
