@@ -1,10 +1,12 @@
-# `make test` works on a fresh clone: it creates .venv when absent and installs the package
-# with its test extras (re-installing when setup.cfg changes).
+# `make test` works on a fresh clone: it creates .venv when absent, installs the package with its
+# test extras (again whenever setup.cfg changes) and the Debian Fashion-MNIST package, then runs
+# pytest. `make demo` runs the README's main job.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test install demo clean
+.PHONY: test install data demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +16,25 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Fashion-MNIST ships as a Debian package (no downloads at run time).
+data: $(FASHION_MNIST)
+$(FASHION_MNIST):
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: install the Debian package dataset-fashion-mnist" \
+	       "(apt-get install dataset-fashion-mnist) or copy its IDX files to $(dir $(FASHION_MNIST))"; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) data
 	$(VENV)/bin/python -m pytest -q tests
+
+demo: $(STAMP) data
+	$(VENV)/bin/metatpt-bench --config configs/bench_small.py:demo
+
+bench: $(STAMP) data
+	$(VENV)/bin/metatpt-bench --config configs/bench_small.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
