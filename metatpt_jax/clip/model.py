@@ -2,7 +2,7 @@
 
 Parameter names mirror the Hugging Face `CLIPModel` state dict (`vision_model.encoder.layers_0.
 self_attn.q_proj`, ...), so weight import is renames and transposes in one place
-(`metatpt_jax/clip/checkpoint.py`). The functional API at the bottom of this file is what the
+(`metatpt_jax/clip/checkpoint_formats.py`). The functional API at the bottom of this file is what the
 rest of the project calls: every function takes the parameter pytree explicitly.
 """
 from __future__ import annotations
