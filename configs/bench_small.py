@@ -8,12 +8,14 @@ from metatpt_jax.bench import defaults
 
 def get_config(arg: str = ""):
   c = defaults.base_config()
+  # Shifted test domains where the small CLIP's zero-shot accuracy lands at 40-70% (measured on
+  # 300 test images: noise 50, defocus 46, elastic 58, motion 59, affine 53 and 60); clean
+  # accuracy (85 / 91) is in checkpoints/small_clip/metadata.json.
   c.data.domains = (
-      "fashion_mnist:clean",
-      "fashion_mnist:gaussian_noise:3",
+      "fashion_mnist:gaussian_noise:5",
       "fashion_mnist:defocus_blur:3",
-      "fashion_mnist:contrast:2",
       "fashion_mnist:elastic_transform:3",
+      "fashion_mnist:motion_blur:3",
       "fashion_mnist:affine:3",
       "animal_mnist:affine:3",
   )
