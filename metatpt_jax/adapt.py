@@ -27,7 +27,6 @@ class AdaptState(NamedTuple):
   """Everything a step reads but does not change per sample."""
   frozen: FrozenCLIP
   phi: Any = None    # generator parameters MetaTPT starts from (None for other methods)
-  step: jax.Array = jnp.zeros((), jnp.int32)
 
 
 def zero_shot_one_sample(frozen: FrozenCLIP, image, key, spec, mspec: ModelSpec):
@@ -70,11 +69,20 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
   """
   fn = functools.partial(adapt_batch, method=method, spec=spec, mspec=mspec)
   if mesh is not None:
+    per_device = fn
+
+    def fn(state, batch, key):
+      # The replicated state must enter as device-varying: otherwise shard_map treats the
+      # context as one value shared by all devices and transposes each per-sample gradient
+      # into a psum over the data axis, mixing samples' updates.
+      state = jax.tree.map(lambda x: jax.lax.pcast(x, DATA_AXIS, to="varying"), state)
+      return per_device(state, batch, key)
+
     fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(DATA_AXIS))
 
   def step(state, batch, key):
-    metrics = fn(state, batch, key)
-    return state._replace(step=state.step + 1), metrics
+    # Episodic methods leave the state as it was: every sample starts from the same prompt.
+    return state, fn(state, batch, key)
 
   jitted = jax.jit(step)
 

@@ -30,11 +30,17 @@ def _autocontrast(img, key):
 
 
 def _equalize(img, key):
+  """PIL's ImageOps.equalize (Pillow >= 9): an exclusive-CDF lookup table per channel; a
+  channel whose non-top values are too few to spread (step 0) is left unchanged."""
   q = jnp.clip(jnp.round(img * 255), 0, 255).astype(jnp.int32)
 
   def one_channel(c):
-    cdf = jnp.cumsum(jnp.bincount(c.ravel(), length=256)) / c.size
-    return cdf[c]
+    hist = jnp.bincount(c.ravel(), length=256)
+    last = hist[255 - jnp.argmax(hist[::-1] > 0)]  # count of the highest occupied level
+    step = (c.size - last) // 255
+    lut = (step // 2 + jnp.cumsum(hist) - hist) // jnp.maximum(step, 1)
+    lut = jnp.where(step > 0, jnp.clip(lut, 0, 255), jnp.arange(256))
+    return lut[c] / 255
   return jnp.stack([one_channel(q[..., i]) for i in range(img.shape[-1])], -1).astype(img.dtype)
 
 

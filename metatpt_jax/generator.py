@@ -8,7 +8,8 @@ transforms built from named, bounded factors:
   center_x, center_y             kept so the (unrotated) crop lies inside the image
   rotation  in [-max_rotation, max_rotation] radians
   shear     in [-max_shear, max_shear]
-  flip      soft sign in (-1, 1), tanh(flip_sharpness * raw / 2)
+  flip      sign of the raw factor: a hard +-1 (a soft sign in (-1, 1) would squeeze the
+            crop horizontally instead of mirroring it), so phi gets no gradient through it
 
 Each factor is a fixed squashing of (z + delta_phi(z, feature)), where z ~ N(0, I) and the MLP's
 last layer starts at zero. So at initialisation area and log-ratio are uniform on their ranges
@@ -25,6 +26,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.stats import norm
 
 from metatpt_jax import views as views_lib
@@ -32,7 +34,7 @@ from metatpt_jax import views as views_lib
 FACTORS = ("area", "log_ratio", "center_x", "center_y", "rotation", "shear", "flip")
 NUM_FACTORS = len(FACTORS)
 # Noise scale per factor at init: rotation and shear start at the identity.
-_NOISE_SCALE = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+_NOISE_SCALE = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0], np.float32)  # NumPy: no backend at import
 
 
 class GeneratorSpec(NamedTuple):
@@ -42,7 +44,6 @@ class GeneratorSpec(NamedTuple):
   ratio_max: float = 4 / 3
   max_rotation: float = math.radians(30.0)
   max_shear: float = 0.3
-  flip_sharpness: float = 10.0
   hidden: int = 64
   use_feature: bool = True
 
@@ -71,7 +72,7 @@ def sample_noise(key: jax.Array, num: int) -> jax.Array:
 def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array | None):
   """Pre-squashing factors [K, F] and the generator's deviation from the base [K, F]."""
   chex.assert_rank(noise, 2)
-  base = noise * _NOISE_SCALE.astype(noise.dtype)
+  base = noise * jnp.asarray(_NOISE_SCALE, noise.dtype)
   inputs = noise
   if spec.use_feature:
     if feature is None:
@@ -93,7 +94,7 @@ def factors_to_theta(raw: jax.Array, spec: GeneratorSpec) -> tuple[jax.Array, di
   cx, cy = (1 - cw) * (2 * u[2] - 1), (1 - ch) * (2 * u[3] - 1)
   rotation = spec.max_rotation * jnp.tanh(raw[4])
   shear = spec.max_shear * jnp.tanh(raw[5])
-  flip = jnp.tanh(spec.flip_sharpness * raw[6] / 2)
+  flip = jnp.where(raw[6] >= 0, 1.0, -1.0).astype(raw.dtype)
   cos, sin = jnp.cos(rotation), jnp.sin(rotation)
   rot = jnp.stack([jnp.stack([cos, -sin]), jnp.stack([sin, cos])])
   shear_m = jnp.stack([jnp.stack([jnp.ones_like(shear), shear]),

@@ -11,8 +11,11 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-IDENTITY = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+# NumPy, not jnp: importing the library must not start the XLA backend (jax.distributed and
+# the fake-device flag have to come first).
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
 
 
 def affine_warp(image: jax.Array, theta: jax.Array, out_size: int | None = None) -> jax.Array:
