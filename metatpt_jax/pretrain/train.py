@@ -1,0 +1,126 @@
+"""The pretraining run: data, resumable loop, final export with metadata and zero-shot scores.
+
+    from metatpt_jax.pretrain import train
+    metadata = train.run(config)  # config from configs/pretrain_small.py
+
+Layout of `config.workdir`: `train_state/` (periodic checkpoints; a rerun with the same
+workdir resumes from it), `log.txt`, and at the end `config.json` + `model.safetensors`
+(Hugging Face format, `checkpoint.load_clip` reads it) + `metadata.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from metatpt_jax.clip import checkpoint
+from metatpt_jax.clip.config import get_arch
+from metatpt_jax.clip.tokenizer import Tokenizer
+from metatpt_jax.data import domains
+from metatpt_jax.pretrain import captions, evaluate, pairs, state_io, step
+
+STATE_DIR = "train_state"
+
+
+def _log(workdir: str, record: dict) -> None:
+  with open(os.path.join(workdir, "log.txt"), "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _load_data(config, arch, tokenizer) -> pairs.PairData:
+  make_captions = lambda names: captions.caption_table(
+      names, captions.TEMPLATES, tokenizer, arch.text.context_length)
+  return pairs.load_pairs(tuple(config.sources), tuple(config.source_weights),
+                          arch.vision.image_size, make_captions, config.data_dir or None,
+                          config.max_train_images_per_source or None, config.seed)
+
+
+def _start_state(config, arch, tx, state_dir):
+  """Fresh state, or the last checkpoint in `state_dir` (then also its bookkeeping)."""
+  state = step.init_state(jax.random.key(config.seed), arch, config, tx)
+  if not state_io.has_state(state_dir):
+    return state, dict(step=0, wall_time_s=0.0)
+  return state_io.restore_state(state_dir, state)
+
+
+def _train_loop(config, arch, data, workdir) -> tuple[step.TrainState, dict, dict]:
+  tx = step.make_optimizer(config)
+  state_dir = os.path.join(workdir, STATE_DIR)
+  state, info = _start_state(config, arch, tx, state_dir)
+  train_step = step.jit_train_step(arch, tx, config)
+  base_key = jax.random.key(config.seed + 1)
+  metrics, begin, wall_before = {}, time.time(), info["wall_time_s"]
+  last = min(config.stop_at or config.total_steps, config.total_steps)
+  bar = tqdm.trange(info["step"], last, initial=info["step"],
+                    total=config.total_steps, desc="pretrain", disable=not config.progress_bar)
+  for i in bar:
+    batch = pairs.sample_batch(data, config.seed, i, config.batch_size,
+                               config.captions_per_class)
+    state, metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
+    done = i + 1
+    info = dict(step=done, wall_time_s=wall_before + time.time() - begin)
+    if done % config.log_every == 0 or done == last:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                      scale=f"{metrics['logit_scale']:.1f}")
+      _log(workdir, dict(info, **metrics))
+    if done % config.checkpoint_every == 0 or done == last:
+      state_io.save_state(state_dir, state, info)
+  return state, info, {k: float(v) for k, v in metrics.items()}
+
+
+def zero_shot_report(params, arch, config, tokenizer) -> dict:
+  """Clean zero-shot top-1 (%) on the TEST split of every source, own class names each."""
+  report = {}
+  for name in config.sources:
+    domain = domains.load_domain(f"{name}:clean", split="test",
+                                 num_images=config.eval_images or None, seed=config.seed,
+                                 image_size=arch.vision.image_size,
+                                 data_dir=config.data_dir or None)
+    report[name] = dict(
+        accuracy=evaluate.zero_shot_accuracy(params, arch, domain.images, domain.labels,
+                                             domain.class_names, captions.EVAL_TEMPLATES,
+                                             tokenizer),
+        num_images=len(domain.labels))
+  return report
+
+
+def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
+  """Trains (or resumes) and exports; returns the metadata written to metadata.json.
+
+  With `config.stop_at` below `total_steps` it stops there after a checkpoint, exports
+  nothing and returns {"steps", "finished": False}; rerun without it to finish.
+  """
+  arch = get_arch(config.arch)
+  if (config.contrastive_target == "paired") != (config.captions_per_class == 0):
+    raise ValueError("contrastive_target 'paired' needs captions_per_class=0 (one caption per "
+                     "image), and the class targets need captions_per_class > 0.")
+  workdir = config.workdir
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = Tokenizer()
+  data = _load_data(config, arch, tokenizer)
+  state, info, metrics = _train_loop(config, arch, data, workdir)
+  if info["step"] < config.total_steps:  # stopped early on purpose (config.stop_at)
+    return dict(steps=info["step"], finished=False)
+  params = jax.device_get(state.params)
+  checkpoint.save_hf(params, arch, workdir)
+  metadata = dict(
+      finished=True, command=command, seed=config.seed, arch=config.arch, steps=info["step"],
+      batch_size=config.batch_size, wall_time_s=round(info["wall_time_s"], 1),
+      data=dict(sources=list(config.sources), source_weights=list(config.source_weights),
+                split="train", num_images=int(len(data.labels)), class_names=data.class_names,
+                templates=list(captions.TEMPLATES)),
+      final_metrics=metrics,
+      zero_shot_test=zero_shot_report(params, arch, config, tokenizer),
+      eval_templates=list(captions.EVAL_TEMPLATES),
+      config=json.loads(config.to_json()),
+      jax_version=jax.__version__, num_parameters=int(sum(
+          np.size(x) for x in jax.tree_util.tree_leaves(params))))
+  with open(os.path.join(workdir, "metadata.json"), "w") as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
