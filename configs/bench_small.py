@@ -21,7 +21,7 @@ def get_config(arg: str = ""):
   )
   c.output_dir = "runs/bench_small"
   if arg == "demo":
-    c.data.num_images = 200
+    c.data.num_images = 100
     c.seeds = (0,)
     c.output_dir = "runs/demo"
   elif arg:
