@@ -85,6 +85,16 @@ def test_every_shift_runs_and_changes_the_image(name, severity, tinted_images):
                                                               seeds))
 
 
+def test_empty_spatter_layers_are_redrawn_not_blackened():
+  images, _, _ = sources.read_animal_mnist("test")
+  image = domains.resize_images(images[17:18], 32)[0]
+  seed = int(domains.shift_seeds(0, "spatter", 1, [17])[0])
+  with pytest.raises(FloatingPointError):  # the library's 0/0 on this image and seed
+    corruptions._library_corrupt(image, "spatter", 1, seed)
+  out = corruptions.corrupt_image(image, "spatter", 1, seed)
+  assert out.max() > 0 and np.any(out != image)
+
+
 def test_images_below_library_minimum_are_upsampled(tinted_images):
   small = domains.resize_images(tinted_images, 28)
   out = corruptions.shift_images(small, "defocus_blur", 2, np.arange(len(small)))

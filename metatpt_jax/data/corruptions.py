@@ -10,7 +10,9 @@ The library refuses images under 32 px, and its kernels are sized for ImageNet's
 at 32 px the blurs (defocus radius 3-10 px, motion 10-20 px) and zoom are far stronger than on
 ImageNet. Images smaller than `MIN_CORRUPTION_SIZE` are upsampled to it (bilinear), corrupted
 and resized back. `saturate` changes only colour: at severities 1-3 it leaves a grey image
-unchanged, and at 4-5 it tints it red.
+unchanged, and at 4-5 it tints it red. `spatter` at severity 1 draws an empty liquid layer for
+about 1 image in 170 at 32 px, which the library turns into an all-black image (0/0); such a
+layer is redrawn from a seed derived from the image's.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ GEOMETRIC_SHIFTS = ("affine",)
 SHIFTS = CORRUPTIONS + GEOMETRIC_SHIFTS
 SEVERITIES = (1, 2, 3, 4, 5)
 MIN_CORRUPTION_SIZE = 32  # imagecorruptions rejects smaller images
+SPATTER_ATTEMPTS = 8  # redraws of an empty spatter layer (see _library_corrupt)
 CORRUPTIONS_INSTALL = "pip install imagecorruptions-imaug==1.1.5"
 # Random affine per severity: max |rotation| in degrees, min zoom-out scale, max translation
 # as a fraction of the side. Objects in these sets fill the frame, so scale only shrinks.
@@ -83,13 +86,30 @@ def corrupt_image(image: np.ndarray, name: str, severity: int, seed: int) -> np.
   check_shift(name, severity)
   size = image.shape[0]
   work = image if size >= MIN_CORRUPTION_SIZE else _resize(image, MIN_CORRUPTION_SIZE)
+  out = work  # spatter that never finds liquid leaves the image as it is
+  for attempt in range(SPATTER_ATTEMPTS if name == "spatter" else 1):
+    attempt_seed = seed if attempt == 0 else int(
+        np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
+    try:
+      out = _library_corrupt(work, name, severity, attempt_seed)
+      break
+    except FloatingPointError:
+      continue
+  return out if size >= MIN_CORRUPTION_SIZE else _resize(out, size)
+
+
+def _library_corrupt(image, name, severity, seed):
   lib = _import_imagecorruptions()
   kwargs = {"seed": seed} if name in ("glass_blur", "impulse_noise") else {}
-  with _global_numpy_seed(seed):
-    out = lib.corrupt(np.ascontiguousarray(work), severity=severity, corruption_name=name,
+  # spatter (severities 1-3) divides by the peak of its liquid layer; on a 32-px image the
+  # layer is sometimes empty, 0/0 turns the whole image NaN and then black. Raise instead,
+  # so the caller can redraw the layer.
+  errors = (np.errstate(invalid="raise", divide="raise") if name == "spatter"
+            else contextlib.nullcontext())
+  with _global_numpy_seed(seed), errors:
+    out = lib.corrupt(np.ascontiguousarray(image), severity=severity, corruption_name=name,
                       **kwargs)
-  out = np.asarray(out, np.uint8)
-  return out if size >= MIN_CORRUPTION_SIZE else _resize(out, size)
+  return np.asarray(out, np.uint8)
 
 
 def affine_image(image: np.ndarray, severity: int, seed: int) -> np.ndarray:
