@@ -99,7 +99,10 @@ def run(cfg: ml_collections.ConfigDict) -> str:
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
           run_job(Job(name, domain, seed), steps[name], state, store, cfg.batch_size, progress)
   domain_names = list(dict.fromkeys(domain_names))
-  text = report.write_outputs(cfg.output_dir, store.all(), list(specs), domain_names,
+  # Only this run's cells: the store may also hold other seeds or methods of earlier runs.
+  mine = [r for r in store.all() if r["seed"] in tuple(cfg.seeds) and r["method"] in specs
+          and r["domain"] in domain_names]
+  text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
                               cfg.to_json_best_effort())
   if cfg.plot_views:
     _plot_views(cfg, params, arch, mspec, specs)
