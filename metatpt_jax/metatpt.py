@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from metatpt_jax import generator as gen
-from metatpt_jax import losses, tpt, views
+from metatpt_jax import losses, views
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
 
 
@@ -61,9 +61,8 @@ class _Episode(NamedTuple):
 
 def _view_features(frozen, phi, ep: _Episode, spec: MetaTPTSpec, mspec: ModelSpec):
   """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
-  thetas, _, penalty = gen.generate_thetas(phi, spec.generator, ep.noise, ep.feature0)
-  warped = jax.vmap(views.affine_warp, in_axes=(None, 0))(ep.image, thetas)
-  feats = encode_images(frozen, warped, mspec, remat=mspec.remat)
+  all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
+  feats = encode_images(frozen, all_views[1:], mspec, remat=mspec.remat)
   return jnp.concatenate([ep.feature0[None], feats], axis=0), penalty
 
 

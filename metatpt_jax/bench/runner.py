@@ -18,6 +18,11 @@ from metatpt_jax.clip import checkpoint
 from metatpt_jax.data import domains as domains_lib
 
 
+# Module-level jitted wrappers: one compilation cache for every domain and seed of a run.
+_FIT_OFFLINE = jax.jit(metatpt.fit_offline_generator, static_argnums=(4, 5))
+_VIEWS_BEFORE_AFTER = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))
+
+
 @dataclasses.dataclass
 class Job:
   """One (method, domain, seed) cell of the benchmark."""
@@ -64,9 +69,8 @@ def run_job(job: Job, step, state, store, batch_size, progress) -> None:
 def _offline_phi(state, spec, mspec, domain, seed, num_images):
   """Fits the offline generator on the first `num_images` test images (unlabeled), frozen after."""
   images = jnp.asarray(domain.images[:num_images].astype(np.float32) / 255.0)
-  fit = jax.jit(metatpt.fit_offline_generator, static_argnums=(4, 5))
-  phi, _ = fit(state.frozen, state.phi, images, methods_lib.domain_key(seed, domain.name), spec,
-               mspec)
+  key = methods_lib.domain_key(seed, domain.name)
+  phi, _ = _FIT_OFFLINE(state.frozen, state.phi, images, key, spec, mspec)
   return phi
 
 
@@ -120,10 +124,11 @@ def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
                                    image_size=arch.vision.image_size)
   state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, "metatpt", spec,
                                   cfg.seeds[0])
-  fn = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))
   key = methods_lib.domain_key(cfg.seeds[0], domain.name)
-  pairs = [fn(state.frozen, state.phi, jnp.asarray(img.astype(np.float32) / 255.0),
-              jax.random.fold_in(key, i), spec, mspec) for i, img in enumerate(domain.images)]
+  pairs = [_VIEWS_BEFORE_AFTER(state.frozen, state.phi,
+                               jnp.asarray(img.astype(np.float32) / 255.0),
+                               jax.random.fold_in(key, i), spec, mspec)
+           for i, img in enumerate(domain.images)]
   before = np.stack([np.asarray(b[:num_views]) for b, _ in pairs])
   after = np.stack([np.asarray(a[:num_views]) for _, a in pairs])
   titles = [domain.class_names[l] for l in domain.labels]
