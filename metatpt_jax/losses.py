@@ -70,10 +70,14 @@ AUX_LOSSES: dict[str, Callable] = {
 AUX_USES_PROMPT = {"view_kl": True, "embedding_agreement": False, "marginal_entropy": True}
 
 
+def consistency_on_kept(kept_logits: jax.Array, consistency_weight: float):
+  """MetaTPT's outer loss on already-selected views: marginal entropy + weight * KL to mean."""
+  return marginal_entropy(kept_logits) + consistency_weight * kl_to_mean(kept_logits)
+
+
 def consistency_loss(logits: jax.Array, num_keep: int, consistency_weight: float):
   """MetaTPT's outer loss on the confident views: marginal entropy + weight * KL to their mean."""
-  kept = logits[select_confident(logits, num_keep)]
-  return marginal_entropy(kept) + consistency_weight * kl_to_mean(kept)
+  return consistency_on_kept(logits[select_confident(logits, num_keep)], consistency_weight)
 
 
 def get_aux_loss(name: str) -> Callable:

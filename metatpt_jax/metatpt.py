@@ -46,6 +46,11 @@ class MetaTPTSpec(NamedTuple):
   generator_lr: float = 1e-3
   weight_decay: float = 0.01
   generator: gen.GeneratorSpec = gen.GeneratorSpec()
+  # Outer loss: encode all generated views without gradient to choose the confident ones, then
+  # re-encode only those `num_keep` views with gradient. The gradient is the same as through
+  # all views (selection is stop-gradient and the loss reads only the kept views) at about a
+  # tenth of the outer backward's cost. False differentiates through every view's encoding.
+  recompute_kept: bool = True
 
   @property
   def num_keep(self) -> int:
@@ -89,6 +94,23 @@ def _consistency(frozen, feats, ctx, spec, mspec):
   return losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
 
 
+def _consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
+  """L_cons on the views G_phi makes of the episode's image (gradient to phi and ctx)."""
+  if not spec.recompute_kept:
+    feats, _ = _view_features(frozen, phi, ep, spec, mspec)
+    return _consistency(frozen, feats, ctx, spec, mspec)
+  all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
+  text = class_features(frozen, ctx, mspec)
+  # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
+  feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec))
+  feats = jnp.concatenate([ep.feature0[None], feats], axis=0)
+  keep = losses.select_confident(logits(frozen, feats, jax.lax.stop_gradient(text)),
+                                 spec.num_keep)
+  # Gradient pass over the kept views only (view 0, if kept, is the image: its gradient is 0).
+  kept = encode_images(frozen, all_views[keep], mspec, remat=mspec.remat)
+  return losses.consistency_on_kept(logits(frozen, kept, text), spec.consistency_weight)
+
+
 def outer_loss(frozen, meta, ep, spec, mspec):
   """L_out(p, phi) for meta = {"ctx": p, "phi": phi}, through the inner update."""
   ctx, phi = meta["ctx"], meta["phi"]
@@ -98,8 +120,7 @@ def outer_loss(frozen, meta, ep, spec, mspec):
     aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
     return aux + losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
   adapted = inner_update(frozen, phi, ctx, ep, spec, mspec)
-  feats, _ = _view_features(frozen, adapted, ep, spec, mspec)
-  return _consistency(frozen, feats, ctx, spec, mspec)
+  return _consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
 
 
 def make_meta_optimizer(spec: MetaTPTSpec):
