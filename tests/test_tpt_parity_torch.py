@@ -1,7 +1,7 @@
 """TPT equals an independent PyTorch implementation of TPT's test-time tuning step, in fp32.
 
-The reference is written here from TPT's public code (`test_time_tuning`, `avg_entropy`,
-`select_confident_samples`): a CoOp prompt [SOT, ctx, class tokens] run through transformers'
+The reference (`metatpt_jax.bench.torch_tpt`, shared with the throughput benchmark) is written
+from TPT's public code (`test_time_tuning`, `avg_entropy`, `select_confident_samples`): a CoOp prompt [SOT, ctx, class tokens] run through transformers'
 CLIP text tower by hand, confidence selection by `argsort`, marginal entropy by logsumexp,
 `torch.optim.AdamW`. The weights are our tiny random CLIP exported with `save_hf` and read by
 `CLIPModel.from_pretrained`; both sides see the very same view pixels (made once by
@@ -19,14 +19,11 @@ import torch
 import transformers
 
 from metatpt_jax import tpt, views
+from metatpt_jax.bench.torch_tpt import TorchTPT
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.clip.tokenizer import default_tokenizer
 from metatpt_jax.frozen_clip import encode_images
 from tests import method_helpers as h
-
-# OpenAI CLIP's normalisation, written out here so the reference does not share our code.
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 # fp32 tolerances. XLA and torch sum in different orders (fused matmuls, LayerNorm and softmax
 # reductions), so unit-norm features differ by ~1e-7 and logits by ~1e-5. Measured max abs
@@ -47,79 +44,6 @@ CTX_ATOL = 1e-6
 CTX_ATOL_GRADIENT_SENSITIVE = 2e-6
 
 N_VIEWS = 64  # TPT's default (the tiny model makes 64 views cheap): 6 views kept
-
-
-# ------------------------------------------------------------------ the PyTorch reference
-class TorchTPT:
-  """One image's TPT on a transformers CLIPModel, following TPT's public implementation."""
-
-  def __init__(self, model, token_ids, ctx_init, n_ctx=4):
-    self.model = model
-    ids = torch.as_tensor(token_ids, dtype=torch.long)
-    with torch.no_grad():
-      embedded = model.text_model.embeddings.token_embedding(ids)
-    self.prefix, self.suffix = embedded[:, :1], embedded[:, 1 + n_ctx:]
-    self.eot = ids.argmax(-1)  # OpenAI's rule: EOT has the largest id
-    self.ctx = torch.nn.Parameter(torch.tensor(np.asarray(ctx_init)))
-
-  def text_features(self):
-    tm = self.model.text_model
-    n_cls = self.prefix.shape[0]
-    prompts = torch.cat([self.prefix, self.ctx.expand(n_cls, -1, -1), self.suffix], dim=1)
-    length = prompts.shape[1]
-    positions = torch.arange(length).unsqueeze(0)
-    x = tm.embeddings(inputs_embeds=prompts, position_ids=positions)
-    causal = torch.full((length, length), torch.finfo(x.dtype).min).triu(1)[None, None]
-    x = tm.encoder(inputs_embeds=x, attention_mask=causal).last_hidden_state
-    x = tm.final_layer_norm(x)
-    pooled = x[torch.arange(n_cls), self.eot]
-    feats = self.model.text_projection(pooled)
-    return feats / feats.norm(dim=-1, keepdim=True)
-
-  def image_features(self, pixels):
-    """pixels [V, S, S, 3] in [0, 1] (NumPy) -> unit-norm features [V, E], no gradient."""
-    normalised = (pixels - MEAN) / STD
-    with torch.no_grad():
-      feats = self.model.get_image_features(
-          pixel_values=torch.as_tensor(normalised.transpose(0, 3, 1, 2).copy())).pooler_output
-    return feats / feats.norm(dim=-1, keepdim=True)
-
-  def logits(self, image_feats):
-    return self.model.logit_scale.exp() * image_feats @ self.text_features().t()
-
-  @staticmethod
-  def select_confident_samples(logits, top):
-    entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-    idx = torch.argsort(entropy, descending=False)[:int(entropy.size()[0] * top)]
-    return logits[idx], idx
-
-  @staticmethod
-  def avg_entropy(outputs):
-    logits = outputs - outputs.logsumexp(dim=-1, keepdim=True)
-    avg_logits = logits.logsumexp(dim=0) - np.log(logits.shape[0])
-    avg_logits = torch.clamp(avg_logits, min=torch.finfo(avg_logits.dtype).min)
-    return -(avg_logits * torch.exp(avg_logits)).sum(dim=-1)
-
-  def adapt(self, pixels, steps, lr=5e-3, eps=1e-8, top=0.1):
-    """TPT's test_time_tuning then the prediction on view 0; returns a dict of NumPy arrays."""
-    feats = self.image_features(pixels)
-    optimizer = torch.optim.AdamW([self.ctx], lr=lr, eps=eps)  # weight_decay 0.01 by default
-    selected, first_loss = None, None
-    for _ in range(steps):
-      output = self.logits(feats)
-      if selected is None:
-        output, selected = self.select_confident_samples(output, top)
-      else:
-        output = output[selected]
-      loss = self.avg_entropy(output)
-      first_loss = loss.item() if first_loss is None else first_loss
-      optimizer.zero_grad()
-      loss.backward()
-      optimizer.step()
-    with torch.no_grad():
-      final = self.logits(feats[:1])[0]
-    return dict(ctx=self.ctx.detach().numpy().copy(), logits=final.numpy(),
-                selected=selected.numpy(), loss=first_loss)
 
 
 # ------------------------------------------------------------------ fixtures

@@ -1,0 +1,386 @@
+"""`metatpt-throughput --config configs/throughput.py[:tiny]`: per-sample cost of each method.
+
+For every (method, number of classes, batch size) cell, on random weights of the configured
+architecture: compile time, seconds per step, samples per second, FLOPs per sample (XLA's cost
+analysis of the compiled step), achieved FLOP/s, and the compiled program's memory (arguments +
+outputs + temporaries). In the same run: TPT as a one-image-at-a-time PyTorch loop
+(`torch_tpt.TorchTPT` on a transformers `CLIPModel` holding the same weights), and the FLOP/s of
+one large fp32 matrix product, the ceiling. Writes results.json and results.md; prints the table
+and the issue's three targets (JAX/PyTorch TPT ratio, MetaTPT/TPT time ratio, MetaTPT FLOP/s vs
+the ceiling).
+
+Cells that would not fit are skipped with the reason recorded, never silently: memory above
+`memory_limit_gib` (known from the compiled program before it runs) or a time estimate above
+`max_seconds_per_cell` (from the same method's smallest batch). Random weights: these figures
+are about cost, never accuracy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from ml_collections import config_flags
+
+from metatpt_jax import adapt, prompts
+from metatpt_jax import generator as gen
+from metatpt_jax.bench import methods as methods_lib
+from metatpt_jax.clip import config as clip_config
+from metatpt_jax.clip import model as clip_model
+from metatpt_jax.frozen_clip import FrozenCLIP
+
+GIB = 2 ** 30
+
+
+# ------------------------------------------------------------------ analytic counts
+def vit_forward_flops(arch: clip_config.CLIPArch) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one image through the vision tower.
+
+  Patch embedding, per layer QKV + output projections, attention scores and values, the MLP,
+  and the final projection; layer norms, softmax and activations are left out (< 1%).
+  """
+  v = arch.vision
+  n, p, w = v.num_patches + 1, v.patch_size, v.width
+  per_layer = 2 * n * (4 * w * w) + 2 * 2 * n * n * w + 2 * n * (2 * w * v.mlp_ratio * w)
+  return float(2 * v.num_patches * (3 * p * p) * w + v.layers * per_layer + 2 * w * arch.embed_dim)
+
+
+def text_forward_flops(arch: clip_config.CLIPArch, num_prompts: int) -> float:
+  """Matmul FLOPs of `num_prompts` full-context prompts through the text tower."""
+  t = arch.text
+  n, w = t.context_length, t.width
+  per_layer = 2 * n * (4 * w * w) + 2 * 2 * n * n * w + 2 * n * (2 * w * t.mlp_ratio * w)
+  return float(num_prompts * (t.layers * per_layer + 2 * w * arch.embed_dim))
+
+
+def cost_flops(compiled) -> float:
+  """FLOPs XLA's cost analysis counts for a compiled program (0 where it reports none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def memory_bytes(compiled) -> dict:
+  """Arguments, outputs, temporaries and their sum (peak estimate) of a compiled program."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return {}
+  out = dict(arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
+             temporaries=mem.temp_size_in_bytes, aliased=mem.alias_size_in_bytes)
+  out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+  return out
+
+
+def peak_rss_gib() -> float:
+  """This process's peak resident memory so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+# ------------------------------------------------------------------ the ceiling
+def matmul_ceiling(size: int, repeats: int = 5) -> dict:
+  """FLOP/s of one [size, size] x [size, size] fp32 product in JAX (median of `repeats`)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  t = statistics.median(times)
+  return dict(size=size, seconds=t, flops_per_s=2 * size ** 3 / t)
+
+
+def torch_matmul_ceiling(size: int, repeats: int = 5) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+  a, b = torch.randn(size, size), torch.randn(size, size)
+  a @ b
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - start)
+  t = statistics.median(times)
+  return dict(size=size, seconds=t, flops_per_s=2 * size ** 3 / t)
+
+
+# ------------------------------------------------------------------ setups
+def random_model(arch_name: str, seed: int = 0):
+  arch = clip_config.get_arch(arch_name)
+  return clip_model.init_params(jax.random.key(seed), arch), arch
+
+
+def class_names(num_classes: int) -> list:
+  """Distinct made-up class names (one or two BPE tokens each, like most real ones)."""
+  return [f"class {i}" for i in range(num_classes)]
+
+
+def adapt_state(params, arch, num_classes, kind, spec, n_ctx, seed) -> adapt.AdaptState:
+  bank = prompts.build_prompt_bank(params, arch, class_names(num_classes), n_ctx)
+  ctx = prompts.init_context(params, arch, n_ctx=n_ctx, init="a photo of a")
+  phi = None
+  if kind == "metatpt":
+    phi = gen.init_generator(jax.random.key(seed + 1), spec.generator, arch.embed_dim)
+  return adapt.AdaptState(FrozenCLIP(params, bank, ctx), phi)
+
+
+def random_batch(arch, batch_size: int, seed: int) -> dict:
+  size = arch.vision.image_size
+  images = jax.random.uniform(jax.random.key(seed), (batch_size, size, size, 3), jnp.float32)
+  return {"image": images, "index": jnp.arange(batch_size, dtype=jnp.int32)}
+
+
+# ------------------------------------------------------------------ measurements
+def measure_jax_cell(step, state, batch, repeats: int, memory_limit_gib: float,
+                     compile_only: bool = False) -> dict:
+  """Compiles `step.jitted` for this state/batch, checks its memory, then times it."""
+  key = jax.random.key(0)
+  start = time.perf_counter()
+  compiled = step.jitted.lower(state, batch, key).compile()
+  row = dict(compile_s=time.perf_counter() - start, flops=cost_flops(compiled),
+             memory=memory_bytes(compiled))
+  peak = row["memory"].get("peak", 0) / GIB
+  if peak > memory_limit_gib:
+    return dict(row, skipped=f"needs {peak:.1f} GiB > memory_limit_gib {memory_limit_gib:g}")
+  if compile_only:
+    return dict(row, skipped="compile only (memory and FLOPs)")
+  jax.block_until_ready(compiled(state, batch, key))  # first run: allocations, page faults
+  times = []
+  for r in range(repeats):
+    k = jax.random.fold_in(key, r + 1)
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(state, batch, k))
+    times.append(time.perf_counter() - t0)
+  t = statistics.median(times)
+  b = batch["image"].shape[0]
+  return dict(row, step_s=t, step_times=times, samples_per_s=b / t, s_per_sample=t / b,
+              flops_per_s=row["flops"] / t, flops_per_sample=row["flops"] / b)
+
+
+def measure_torch_tpt(params, arch, num_classes: int, n_views: int, selection_ratio: float,
+                      samples: int, n_ctx: int, threads: int, workdir: str) -> dict:
+  """TPT one image at a time in PyTorch (the public loop), on the same weights: s/sample."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.bench import torch_tpt  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.clip import checkpoint  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.clip.tokenizer import default_tokenizer  # pylint: disable=import-outside-toplevel
+  if threads:
+    torch.set_num_threads(threads)
+  directory = os.path.join(workdir, "torch_weights")
+  if not os.path.exists(os.path.join(directory, "config.json")):
+    checkpoint.save_hf(params, arch, directory)
+  model = transformers.CLIPModel.from_pretrained(directory).eval()  # default (sdpa) attention
+  for p in model.parameters():
+    p.requires_grad_(False)
+  texts = [" ".join(["X"] * n_ctx) + f" {name}." for name in class_names(num_classes)]
+  ids = default_tokenizer()(texts, context_length=arch.text.context_length)
+  ctx = prompts.init_context(params, arch, n_ctx=n_ctx, init="a photo of a")
+  ref = torch_tpt.TorchTPT(model, np.asarray(ids), np.asarray(ctx), n_ctx=n_ctx)
+  gen_ = torch.Generator().manual_seed(0)
+  size = arch.vision.image_size
+  images = np.random.default_rng(0).uniform(size=(samples + 1, size, size, 3)).astype(np.float32)
+  times = []
+  for i, image in enumerate(images):  # image 0 warms up the allocator; not timed
+    t0 = time.perf_counter()
+    ref.reset()
+    pixels = torch_tpt.random_resized_crop_views(image, n_views, gen_)
+    ref.adapt(pixels, steps=1, top=selection_ratio, reencode_view0=True)
+    if i:
+      times.append(time.perf_counter() - t0)
+  t = statistics.median(times)
+  return dict(s_per_sample=t, samples_per_s=1 / t, times=times, threads=torch.get_num_threads(),
+              torch=torch.__version__, transformers=transformers.__version__)
+
+
+# ------------------------------------------------------------------ the run
+def _estimate(rows, name, classes, batch):
+  """Seconds a cell would take (compile excluded), from the same method's smallest batch."""
+  known = [r for r in rows if r["method"] == name and r["num_classes"] == classes
+           and "s_per_sample" in r]
+  if not known:
+    known = [r for r in rows if r["method"] == name and "s_per_sample" in r]
+  if not known:
+    return 0.0
+  return max(r["s_per_sample"] for r in known) * batch
+
+
+def run(cfg: ml_collections.ConfigDict) -> str:
+  os.makedirs(cfg.output_dir, exist_ok=True)
+  out = dict(config=cfg.to_dict(), backend=jax.default_backend(),
+             devices=[str(d) for d in jax.devices()], jax=jax.__version__, rows=[], torch=[],
+             compile_only=[])
+  say = lambda msg: print(msg, flush=True)
+  out["ceiling"] = matmul_ceiling(cfg.matmul_size)
+  say(f"ceiling: {cfg.matmul_size}^2 fp32 matmul {out['ceiling']['flops_per_s'] / 1e9:.1f} "
+      "GFLOP/s (JAX)")
+  if cfg.torch_reference:
+    out["torch_ceiling"] = torch_matmul_ceiling(cfg.matmul_size)
+  params, arch = random_model(cfg.arch, cfg.seed)
+  mspec = methods_lib.model_spec(ml_collections.ConfigDict(
+      dict(compute_dtype=cfg.compute_dtype, remat=cfg.remat)), arch)
+  out["analytic"] = dict(vit_forward_flops=vit_forward_flops(arch),
+                         text_forward_flops_per_prompt=text_forward_flops(arch, 1))
+  rows = out["rows"]
+  for num_classes in cfg.num_classes:
+    if cfg.torch_reference:
+      say(f"torch TPT loop, {num_classes} classes ...")
+      ref = measure_torch_tpt(params, arch, num_classes, cfg.n_views,
+                              cfg.methods.tpt.selection_ratio, cfg.torch_samples, cfg.n_ctx,
+                              cfg.torch_threads, cfg.output_dir)
+      out["torch"].append(dict(ref, num_classes=num_classes))
+      say(f"  {ref['s_per_sample']:.2f} s/sample")
+    for name, mcfg in cfg.methods.items():
+      kind, spec = methods_lib.method_spec(mcfg)
+      step = adapt.make_step(kind, spec, mspec)
+      state = adapt_state(params, arch, num_classes, kind, spec, cfg.n_ctx, cfg.seed)
+      for batch_size in cfg.batch_sizes:
+        cell = dict(method=name, num_classes=num_classes, batch=batch_size)
+        estimate = _estimate(rows, name, num_classes, batch_size) * (cfg.repeats + 1)
+        if estimate > cfg.max_seconds_per_cell:
+          rows.append(dict(cell, skipped=f"estimated {estimate:.0f} s > max_seconds_per_cell "
+                                         f"{cfg.max_seconds_per_cell:g}"))
+          say(f"{name} C={num_classes} B={batch_size}: {rows[-1]['skipped']}")
+          continue
+        say(f"{name} C={num_classes} B={batch_size} ...")
+        r = measure_jax_cell(step, state, random_batch(arch, batch_size, cfg.seed), cfg.repeats,
+                             cfg.memory_limit_gib)
+        rows.append(dict(cell, **r))
+        say("  " + (r.get("skipped") or f"{r['s_per_sample']:.2f} s/sample, "
+                    f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_s']:.0f} s"))
+  for arch_name in cfg.compile_only_archs:  # memory per sample for the scaling note
+    p_big, a_big = random_model(arch_name, cfg.seed)
+    for dtype, remat in cfg.compile_only_policies:
+      ms = methods_lib.model_spec(ml_collections.ConfigDict(dict(compute_dtype=dtype,
+                                                                 remat=remat)), a_big)
+      for name in cfg.compile_only_methods:
+        kind, spec = methods_lib.method_spec(cfg.methods[name])
+        say(f"compile only: {arch_name} {name} {dtype} remat={remat} ...")
+        r = measure_jax_cell(adapt.make_step(kind, spec, ms),
+                             adapt_state(p_big, a_big, cfg.num_classes[0], kind, spec, cfg.n_ctx,
+                                         cfg.seed),
+                             random_batch(a_big, 1, cfg.seed), 0, float("inf"),
+                             compile_only=True)
+        out["compile_only"].append(dict(arch=arch_name, method=name, compute_dtype=dtype,
+                                        remat=remat, num_classes=cfg.num_classes[0], **r))
+    del p_big
+  out["peak_rss_gib"] = peak_rss_gib()
+  out["targets"] = targets(out, cfg)
+  text = report(out)
+  with open(os.path.join(cfg.output_dir, "results.json"), "w") as f:
+    json.dump(out, f, indent=1, default=float)
+  with open(os.path.join(cfg.output_dir, "results.md"), "w") as f:
+    f.write(text)
+  return text
+
+
+# ------------------------------------------------------------------ reporting
+def _best(rows, method, num_classes):
+  """The row of `method` at `num_classes` with the most samples per second (None if none ran)."""
+  ran = [r for r in rows if r["method"] == method and r["num_classes"] == num_classes
+         and "samples_per_s" in r]
+  return max(ran, key=lambda r: r["samples_per_s"]) if ran else None
+
+
+def targets(out: dict, cfg) -> list:
+  """The issue's three goals, per number of classes, with the measured ratios."""
+  res = []
+  ceiling = out["ceiling"]["flops_per_s"]
+  for c in cfg.num_classes:
+    tpt_row = _best(out["rows"], "tpt", c)
+    torch_row = next((t for t in out["torch"] if t["num_classes"] == c), None)
+    meta = _best(out["rows"], "metatpt_second", c)
+    if tpt_row and torch_row:
+      ratio = tpt_row["samples_per_s"] / torch_row["samples_per_s"]
+      res.append(dict(goal="JAX TPT >= 1.2x the PyTorch loop's samples/s", num_classes=c,
+                      value=ratio, met=ratio >= 1.2,
+                      detail=f"batch {tpt_row['batch']}: {tpt_row['samples_per_s']:.3f} vs "
+                             f"{torch_row['samples_per_s']:.3f} samples/s"))
+    if tpt_row and meta:
+      ratio = meta["s_per_sample"] / tpt_row["s_per_sample"]
+      flop_ratio = meta["flops_per_sample"] / tpt_row["flops_per_sample"]
+      res.append(dict(goal="MetaTPT 2nd order <= 4x JAX TPT's time per sample", num_classes=c,
+                      value=ratio, met=ratio <= 4.0,
+                      detail=f"{meta['s_per_sample']:.2f} vs {tpt_row['s_per_sample']:.2f} s; "
+                             f"FLOPs per sample {flop_ratio:.1f}x TPT's"))
+    if meta:
+      frac = meta["flops_per_s"] / ceiling
+      res.append(dict(goal="MetaTPT step >= 60% of the large-matmul FLOP/s", num_classes=c,
+                      value=frac, met=frac >= 0.6,
+                      detail=f"{meta['flops_per_s'] / 1e9:.1f} of {ceiling / 1e9:.1f} GFLOP/s"))
+  return res
+
+
+def report(out: dict) -> str:
+  ceiling = out["ceiling"]["flops_per_s"]
+  cfg = out["config"]
+  lines = [f"## Throughput: {cfg['arch']}, {cfg['n_views']} views, {cfg['compute_dtype']}, "
+           f"remat={cfg['remat']}, backend {out['backend']} ({len(out['devices'])} device(s))",
+           "",
+           f"Ceiling: {cfg['matmul_size']}x{cfg['matmul_size']} fp32 matmul "
+           f"{ceiling / 1e9:.1f} GFLOP/s in JAX"
+           + (f", {out['torch_ceiling']['flops_per_s'] / 1e9:.1f} GFLOP/s in PyTorch"
+              if "torch_ceiling" in out else "") + ".",
+           "",
+           "| method | classes | batch | compile s | s/step | samples/s | s/sample | "
+           "GFLOP/sample | GFLOP/s | % ceiling | memory GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for t in out["torch"]:
+    lines.append(f"| PyTorch TPT loop | {t['num_classes']} | 1 | - | {t['s_per_sample']:.2f} | "
+                 f"{t['samples_per_s']:.3f} | {t['s_per_sample']:.2f} | - | - | - | - |")
+  for r in out["rows"]:
+    head = f"| {r['method']} | {r['num_classes']} | {r['batch']} |"
+    mem = r.get("memory", {}).get("peak")
+    mem = f"{mem / GIB:.2f}" if mem else "-"
+    if "s_per_sample" not in r:
+      comp = f"{r['compile_s']:.0f}" if "compile_s" in r else "-"
+      lines.append(f"{head} {comp} | skipped: {r['skipped']} | | | | | | {mem} |")
+      continue
+    lines.append(f"{head} {r['compile_s']:.1f} | {r['step_s']:.2f} | {r['samples_per_s']:.3f} | "
+                 f"{r['s_per_sample']:.2f} | {r['flops_per_sample'] / 1e9:.3g} | "
+                 f"{r['flops_per_s'] / 1e9:.1f} | {100 * r['flops_per_s'] / ceiling:.0f} | "
+                 f"{mem} |")
+  if out["compile_only"]:
+    lines += ["", "Compiled memory per sample (batch 1, compile only):", "",
+              "| arch | method | dtype | remat | GiB | GFLOP/sample |", "|---|---|---|---|---|---|"]
+    for r in out["compile_only"]:
+      lines.append(f"| {r['arch']} | {r['method']} | {r['compute_dtype']} | {r['remat']} | "
+                   f"{r['memory'].get('peak', 0) / GIB:.2f} | {r['flops'] / 1e9:.3g} |")
+  if out["targets"]:
+    lines += ["", "| goal | classes | measured | met | detail |", "|---|---|---|---|---|"]
+    for t in out["targets"]:
+      lines.append(f"| {t['goal']} | {t['num_classes']} | {t['value']:.2f} | "
+                   f"{'yes' if t['met'] else 'NO'} | {t['detail']} |")
+  lines += ["", f"Peak resident memory of the process: {out['peak_rss_gib']:.1f} GiB.",
+            "Random weights: costs only, never accuracy.", ""]
+  return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/throughput.py.",
+                                          lock_config=True)
+
+
+def _main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.<field>=<value>.")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/throughput.py:tiny")
+  print(run(_CONFIG.value))
+
+
+def main(argv=None):
+  app.run(_main, argv=argv if argv is not None else sys.argv)
+
+
+if __name__ == "__main__":
+  main()

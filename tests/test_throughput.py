@@ -1,0 +1,76 @@
+"""The throughput benchmark: its FLOP counts are right, and its tiny run writes every figure."""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from metatpt_jax.bench import throughput
+from metatpt_jax.clip import config, model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+  spec = importlib.util.spec_from_file_location("throughput_cfg",
+                                                os.path.join(ROOT, "configs", "throughput.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_xla_flop_count_matches_the_closed_form_forward(name):
+  # Achieved FLOP/s divides XLA's count by time, so the count must be the model's real work:
+  # the closed form counts matmuls only, XLA adds elementwise ops (a few percent at most).
+  arch = config.get_arch(name)
+  params = model.init_params(jax.random.key(0), arch)
+  images = jnp.zeros((4, arch.vision.image_size, arch.vision.image_size, 3))
+  compiled = jax.jit(lambda p, x: model.encode_image(p, x, arch)).lower(params, images).compile()
+  ratio = throughput.cost_flops(compiled) / (4 * throughput.vit_forward_flops(arch))
+  assert 1.0 <= ratio <= 1.08, ratio
+  ids = jnp.zeros((3, arch.text.context_length), jnp.int32).at[:, 5].set(config.EOT_TOKEN_ID)
+  compiled = jax.jit(lambda p, i: model.encode_text(p, i, arch)).lower(params, ids).compile()
+  ratio = throughput.cost_flops(compiled) / throughput.text_forward_flops(arch, 3)
+  assert 1.0 <= ratio <= 1.08, ratio
+
+
+def test_vit_b16_closed_form_is_the_known_size():
+  # ViT-B/16 at 224 px is ~17.6 GMACs per image (35 GFLOPs), the commonly quoted figure.
+  assert 34e9 < throughput.vit_forward_flops(config.get_arch("ViT-B/16")) < 36e9
+
+
+def test_tiny_run_reports_every_cell_and_the_targets(tmp_path):
+  cfg = _tiny_config()
+  cfg.methods = {k: cfg.methods[k] for k in ("tpt", "metatpt_second")}
+  cfg.num_classes, cfg.batch_sizes, cfg.repeats = (3,), (1, 2), 1
+  cfg.compile_only_archs, cfg.compile_only_methods = ("tiny",), ("metatpt_second",)
+  cfg.compile_only_policies = (("float32", False),)
+  cfg.output_dir = str(tmp_path)
+  text = throughput.run(cfg)
+  out = json.loads((tmp_path / "results.json").read_text())
+  assert {(r["method"], r["batch"]) for r in out["rows"]} == {
+      (m, b) for m in ("tpt", "metatpt_second") for b in (1, 2)}
+  for r in out["rows"]:
+    assert r["samples_per_s"] > 0 and r["flops"] > 0 and r["memory"]["peak"] > 0, r
+  # Second order costs more work per sample than TPT (it encodes views with gradients).
+  tpt = next(r for r in out["rows"] if r["method"] == "tpt" and r["batch"] == 1)
+  meta = next(r for r in out["rows"] if r["method"] == "metatpt_second" and r["batch"] == 1)
+  assert meta["flops_per_sample"] > 1.5 * tpt["flops_per_sample"]
+  assert out["torch"][0]["samples_per_s"] > 0 and out["ceiling"]["flops_per_s"] > 1e9
+  assert {t["goal"][:9] for t in out["targets"]} == {"JAX TPT >", "MetaTPT 2", "MetaTPT s"}
+  assert out["compile_only"][0]["memory"]["peak"] > 0
+  assert "| goal |" in text and (tmp_path / "results.md").exists()
+
+
+def test_cells_over_the_memory_limit_are_skipped_with_the_reason(tmp_path):
+  cfg = _tiny_config()
+  cfg.methods = {"tpt": cfg.methods["tpt"]}
+  cfg.num_classes, cfg.batch_sizes, cfg.torch_reference = (3,), (1,), False
+  cfg.compile_only_archs, cfg.memory_limit_gib = (), 1e-6
+  cfg.output_dir = str(tmp_path)
+  throughput.run(cfg)
+  (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+  assert "memory_limit_gib" in row["skipped"] and "samples_per_s" not in row
