@@ -36,6 +36,12 @@ def load_model(cfg: ml_collections.ConfigDict):
   return params, arch, methods_lib.model_spec(cfg.model, arch)
 
 
+def _paper_data_args(cfg: ml_collections.ConfigDict) -> dict:
+  """Where the paper's datasets live (configs/paper.py sets these; older configs lack them)."""
+  return dict(data_dir=cfg.data.get("data_dir") or None,
+              classnames_dir=cfg.data.get("classnames_dir") or None)
+
+
 def _batches(todo: np.ndarray, batch_size: int):
   """Index batches padded to `batch_size` by repeating the last index (one compiled shape)."""
   for start in range(0, len(todo), batch_size):
@@ -91,7 +97,8 @@ def run(cfg: ml_collections.ConfigDict) -> str:
         domain = domains_lib.load_domain(spec_str, split=cfg.data.split,
                                          num_images=cfg.data.num_images, seed=seed,
                                          image_size=arch.vision.image_size,
-                                         cache_dir=cfg.data.cache_dir or None)
+                                         cache_dir=cfg.data.cache_dir or None,
+                                         **_paper_data_args(cfg))
         domain_names.append(domain.name)
         for name, (kind, spec) in specs.items():
           state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, kind,
@@ -121,7 +128,7 @@ def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
   name, spec = learned[0]
   domain = domains_lib.load_domain(cfg.data.domains[0], split=cfg.data.split,
                                    num_images=num_samples, seed=cfg.seeds[0],
-                                   image_size=arch.vision.image_size)
+                                   image_size=arch.vision.image_size, **_paper_data_args(cfg))
   state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, "metatpt", spec,
                                   cfg.seeds[0])
   key = methods_lib.domain_key(cfg.seeds[0], domain.name)

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file, save_file
 from metatpt_jax.clip.checkpoint_formats import (CheckpointError, _listing, arch_from_hf_config,
                                                  hf_config_from_arch, hf_state_dict_from_params,
                                                  infer_arch, params_from_state_dict)
+from metatpt_jax.clip import hub
 from metatpt_jax.clip.config import CLIPArch
 
 __all__ = ["ACCEPTED_FORMATS", "CheckpointError", "arch_from_hf_config", "hf_config_from_arch",
@@ -145,7 +146,9 @@ def load_clip(path, arch: CLIPArch | None = None) -> tuple[dict, CLIPArch]:
   """Loads CLIP weights into our parameter pytree.
 
   Args:
-    path: a Hugging Face CLIPModel directory or a state-dict file (see ACCEPTED_FORMATS).
+    path: a Hugging Face CLIPModel directory or a state-dict file (see ACCEPTED_FORMATS), or
+      a Hugging Face model id such as "openai/clip-vit-base-patch16" (downloaded through
+      huggingface_hub when a network exists; see `metatpt_jax.clip.hub`).
     arch: the architecture expected. If given, the checkpoint must match it (CheckpointError
       listing the differences otherwise); for bare state dicts it also supplies the heads and
       activation, which weights do not record (default: width // 64 heads, quick_gelu).
@@ -155,7 +158,7 @@ def load_clip(path, arch: CLIPArch | None = None) -> tuple[dict, CLIPArch]:
     CheckpointError (a ValueError) naming the problem: missing path, no weights, corrupt file,
     other architecture, missing/unexpected keys, shape mismatches.
   """
-  path = pathlib.Path(path).expanduser()
+  path = hub.resolve_checkpoint(path)
   if not path.exists():
     raise CheckpointError(f"No checkpoint at {path}: the path does not exist. Accepted: "
                           f"{ACCEPTED_FORMATS}.")

@@ -5,6 +5,8 @@ Spec grammar (`load_domain`):
   animal_mnist:gaussian_noise:5                 an ImageNet-C corruption at severity 1..5
   fashion_mnist:affine:3                        random rotation/zoom-out/translation
   folder:/path/to/dir[:clean | :<shift>:<sev>]  an image folder (one sub-folder per class)
+  paper:imagenet_a | paper:ucf101:/path/to/dir  the paper's benchmarks (`benchmarks` module),
+                                                images read lazily, no shifts
 
 What is deterministic from `seed`: which images are kept when `num_images` < N (a stratified
 subset that does not depend on the shift, so domains of one source at one seed hold the same
@@ -20,10 +22,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from metatpt_jax.data import corruptions, sources, tfds_builders
+from metatpt_jax.data import benchmarks, corruptions, sources, tfds_builders
 
 PACKAGED_SOURCES = tuple(tfds_builders.BUILDERS)
-SOURCES = PACKAGED_SOURCES + ("folder",)
+SOURCES = PACKAGED_SOURCES + ("folder", "paper")
 
 
 class Domain(NamedTuple):
@@ -145,7 +147,7 @@ def _cache_path(cache_dir, name, split, num_images, seed, image_size):
 
 def load_domain(spec: str, *, split: str = "test", num_images: int | None = None,
                 seed: int = 0, image_size: int = 32, data_dir: str | None = None,
-                cache_dir: str | None = None) -> Domain:
+                cache_dir: str | None = None, classnames_dir: str | None = None) -> Domain:
   """Loads the domain `spec` (grammar in the module docstring).
 
   Args:
@@ -157,9 +159,16 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
     data_dir: where tfds prepares the packaged sets (default $METATPT_DATA_DIR or
       ~/tensorflow_datasets).
     cache_dir: if given, shifted domains are stored there as .npz and reused.
+    classnames_dir: paper datasets only: a directory of replacement class-name files.
   Returns:
-    Domain with images [N, S, S, 3] uint8 and labels [N] int32.
+    Domain with images [N, S, S, 3] uint8 and labels [N] int32. For "paper:" specs `split` and
+    `cache_dir` are unused (each dataset has its evaluation split) and images is a
+    `benchmarks.LazyImages`.
   """
+  if spec.startswith(benchmarks.PREFIX + ":"):
+    return benchmarks.load_benchmark(spec, num_images=num_images, seed=seed,
+                                     image_size=image_size, data_dir=data_dir,
+                                     classnames_dir=classnames_dir)
   parsed = parse_spec(spec)
   sources.check_split(split)
   path = None if cache_dir is None else _cache_path(cache_dir, parsed.name, split, num_images,

@@ -1,0 +1,67 @@
+"""The paper's benchmarks with CLIP ViT-B/16: one config per dataset x method.
+
+    metatpt-bench --config configs/paper.py:imagenet_a,tpt
+    metatpt-bench --config configs/paper.py:dtd,metatpt
+    metatpt-bench --config configs/paper.py:ucf101,main \
+        --config.data.domains="('paper:ucf101:/data/ucf101_midframes_test',)"
+
+The argument is "<dataset>,<method>". Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
+zero_shot, tpt, metatpt and the ablations metatpt_first_order, metatpt_joint, metatpt_fixed_aug,
+metatpt_offline; "main" runs zero_shot, tpt and metatpt in one go, "all" every one of them.
+
+TPT's published defaults: ViT-B/16 at 224 px, 64 views, the 10% most confident kept, 1 AdamW
+step at lr 5e-3, context "a photo of a" (n_ctx 4), one image per step (batch 1), random resized
+crops for the ImageNet sets and AugMix views for the cross-datasets. MetaTPT uses METHOD.md
+section 2's defaults on top. Data: tfds datasets from $METATPT_DATA_DIR (default
+~/tensorflow_datasets; `--config.data.data_dir`), image-folder sets from
+$METATPT_DATA_DIR/folders/<dataset> unless `data.domains` names another folder.
+"""
+import os
+
+from metatpt_jax.bench import defaults
+from metatpt_jax.clip import hub
+from metatpt_jax.data import benchmarks, tfds_builders
+
+METHODS = ("zero_shot", "tpt", "metatpt", "metatpt_first_order", "metatpt_joint",
+           "metatpt_fixed_aug", "metatpt_offline")
+GROUPS = {"main": ("zero_shot", "tpt", "metatpt"), "all": METHODS}
+
+
+def _parse(arg: str):
+  dataset, _, method = arg.partition(",")
+  if dataset not in benchmarks.BENCHMARKS or method not in METHODS + tuple(GROUPS):
+    raise ValueError(f"configs/paper.py needs '<dataset>,<method>', got {arg!r}. Datasets: "
+                     f"{', '.join(benchmarks.BENCHMARKS)}. Methods: {', '.join(METHODS)}, "
+                     f"or {' / '.join(GROUPS)} for several.")
+  return benchmarks.BENCHMARKS[dataset], GROUPS.get(method, (method,)), method
+
+
+def domain_spec(bench: benchmarks.Benchmark) -> str:
+  """paper:<name> for tfds sets; paper:<name>:<data dir>/folders/<name> for folder sets."""
+  if bench.tfds_name is not None:
+    return f"{benchmarks.PREFIX}:{bench.name}"
+  folder = os.path.join(tfds_builders.default_data_dir(), "folders", bench.name)
+  return f"{benchmarks.PREFIX}:{bench.name}:{folder}"
+
+
+def get_config(arg: str = ""):
+  bench, methods, method_arg = _parse(arg)
+  c = defaults.base_config()
+  c.model.checkpoint = hub.PAPER_MODEL  # or a local HF directory / OpenAI .pt file
+  c.prompt.init = "a photo of a"
+  c.data.domains = (domain_spec(bench),)
+  # The paper's test-set size: the whole set for the ImageNet variants; CoOp's test-split
+  # size for the cross-datasets (a seeded stratified subset where the tfds split is larger).
+  c.data.num_images = bench.paper_size
+  c.data.split = "test"
+  c.data.cache_dir = ""  # images are read lazily from the tfds files; nothing to cache
+  c.data.data_dir = ""  # "" -> $METATPT_DATA_DIR or ~/tensorflow_datasets
+  c.data.classnames_dir = ""  # "" -> the packaged metatpt_jax/assets/datasets/<name>.json
+  c.seeds = (0,)
+  c.batch_size = 1
+  every = defaults.all_methods()
+  every.tpt.view_kind = bench.view_kind
+  c.methods = {name: every[name] for name in methods}
+  c.output_dir = os.path.join("runs", "paper", bench.name, method_arg)
+  c.plot_views = False
+  return c
