@@ -17,6 +17,7 @@ def get_config():
   c.seeds = (0,)
   strong = dict(outer_steps=4, prompt_lr=0.05)
   meta = defaults.metatpt_method
+  mild = dict(defaults.metatpt_method().generator, area_min=0.5)
   c.methods = {
       "zero_shot": dict(kind="zero_shot"),
       "tpt": defaults.tpt_method(),
@@ -27,6 +28,10 @@ def get_config():
       "metatpt_4steps_lr005_inner1": meta(inner_lr=1.0, **strong),
       "metatpt_4steps_lr005_entropy_only": meta(consistency_weight=0.0, **strong),
       "metatpt_4steps_lr005_embedding_aux": meta(aux_loss="embedding_agreement", **strong),
+      # Mild crops (area 0.5-1, as the best TPT variant), then also faster generator learning.
+      "metatpt_4steps_lr005_mildcrops": meta(generator=mild, **strong),
+      "metatpt_4steps_lr005_mildcrops_fastgen": meta(generator=mild, inner_lr=0.5,
+                                                      generator_lr=0.01, **strong),
   }
   c.output_dir = "runs/sweep_small"
   c.plot_views = False
