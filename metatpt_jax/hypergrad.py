@@ -21,10 +21,18 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from metatpt_jax import generator as gen
-from metatpt_jax import metatpt
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, encode_images
+from metatpt_jax import losses, metatpt
+from metatpt_jax.clip.config import CLIPArch, TextArch, VisionArch
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
 
 ORDERS = ("second", "first")
+
+# A CLIP small enough that second-order gradients compile in seconds on a CPU (notebook 01; the
+# sizes of tests/method_helpers.TEST_ARCH). Its context of 16 tokens fits "a photo of a <class>."
+# for short class names. Use it with random weights: it is for inspecting gradients, not accuracy.
+INSPECTION_ARCH = CLIPArch(
+    vision=VisionArch(image_size=16, patch_size=8, width=32, layers=2, heads=2),
+    text=TextArch(context_length=16, width=32, layers=2, heads=2), embed_dim=16)
 
 
 def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
@@ -33,7 +41,7 @@ def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
   chex.assert_rank(image, 3)
   feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
   noise = gen.sample_noise(key, spec.n_views - 1).astype(image.dtype)
-  return metatpt._Episode(image, feature0, noise)  # pylint: disable=protected-access
+  return metatpt.Episode(image, feature0, noise)
 
 
 def meta_loss_fn(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
@@ -60,42 +68,70 @@ def hypergradients(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
                for order in ORDERS)
 
 
+# The auxiliary losses a swept gradient can switch between at run time (`aux_index`).
+SWEPT_AUX_LOSSES = ("view_kl", "embedding_agreement")
+
+
+def _switched_aux_loss(frozen, phi, ctx, ep, spec, mspec, aux_index):
+  """`metatpt.aux_loss` with L_aux = SWEPT_AUX_LOSSES[aux_index] (traced) instead of spec's."""
+  feats, penalty = metatpt.view_features(frozen, phi, ep, spec, mspec)
+  view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
+  heads = [losses.get_aux_loss(name) for name in SWEPT_AUX_LOSSES]
+  return jax.lax.switch(aux_index, heads, view_logits, feats) + spec.aux_penalty * penalty
+
+
 def swept_outer_loss(frozen: FrozenCLIP, meta, ep, spec: metatpt.MetaTPTSpec, mspec: ModelSpec,
-                     inner_lr, inner_steps):
+                     inner_lr, inner_steps, aux_index=None):
   """`metatpt.outer_loss` (dual loop) with the inner learning rate and step count traced.
 
   `lax.scan` runs spec.inner_steps inner steps (the most a sweep may ask for) and keeps the
   first `inner_steps` of them, so one compilation serves a whole (inner_lr, inner_steps) grid.
+  aux_index (traced int or None): L_aux is SWEPT_AUX_LOSSES[aux_index] (`lax.switch`) instead
+  of spec.aux_loss, so the same compilation also compares auxiliary losses.
   Equals `metatpt.outer_loss` with those values in the spec (tests/test_hypergrad.py).
   """
   ctx, phi = meta["ctx"], meta["phi"]
   one_step = spec._replace(inner_steps=1, inner_lr=inner_lr, order="second")
 
   def step(adapted, index):
-    stepped = metatpt.inner_update(frozen, adapted, ctx, ep, one_step, mspec)
+    if aux_index is None:
+      stepped = metatpt.inner_update(frozen, adapted, ctx, ep, one_step, mspec)
+    else:
+      g = jax.grad(_switched_aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec,
+                                                   aux_index)
+      stepped = jax.tree.map(lambda w, d: w - inner_lr * d, adapted, g)
     return jax.tree.map(lambda s, a: jnp.where(index < inner_steps, s, a), stepped, adapted), None
 
   adapted, _ = jax.lax.scan(step, phi, jnp.arange(spec.inner_steps))
   if spec.order == "first":  # as metatpt.inner_update: identity Jacobian, no path to p
     adapted = jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
-  feats, _ = metatpt._view_features(frozen, adapted, ep, spec, mspec)  # pylint: disable=protected-access
-  return metatpt._consistency(frozen, feats, ctx, spec, mspec)  # pylint: disable=protected-access
+  feats, _ = metatpt.view_features(frozen, adapted, ep, spec, mspec)
+  return metatpt.consistency(frozen, feats, ctx, spec, mspec)
+
+
+def swept_meta_gradient(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
+                        spec: metatpt.MetaTPTSpec, mspec: ModelSpec, inner_lr, inner_steps,
+                        aux_index=None):
+  """`meta_gradient` (of order spec.order) with inner_lr (scalar), inner_steps (int <=
+  spec.inner_steps) and aux_index (see `swept_outer_loss`) traced.
+
+  Jit with spec and mspec static; then sweeping the traced arguments never recompiles. The
+  scan always runs spec.inner_steps steps, so its run time is that of spec.inner_steps steps.
+  """
+  ep = make_episode(frozen, image, key, spec, mspec)
+  loss = lambda m: swept_outer_loss(frozen, m, ep, spec, mspec, inner_lr, inner_steps, aux_index)
+  return jax.grad(loss)({"ctx": frozen.ctx_init, "phi": phi})
 
 
 def swept_hypergradients(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
-                         spec: metatpt.MetaTPTSpec, mspec: ModelSpec, inner_lr, inner_steps):
-  """`hypergradients` with inner_lr (scalar) and inner_steps (int <= spec.inner_steps) traced.
+                         spec: metatpt.MetaTPTSpec, mspec: ModelSpec, inner_lr, inner_steps,
+                         aux_index=None):
+  """`hypergradients` with inner_lr, inner_steps and aux_index traced (`swept_meta_gradient`).
 
-  Jit with spec and mspec static; then sweeping inner_lr and inner_steps never recompiles.
+  Jit with spec and mspec static; then sweeping them never recompiles.
   """
-  ep = make_episode(frozen, image, key, spec, mspec)
-  meta = {"ctx": frozen.ctx_init, "phi": phi}
-
-  def grad(order):
-    loss = lambda m: swept_outer_loss(frozen, m, ep, spec._replace(order=order), mspec,
-                                      inner_lr, inner_steps)
-    return jax.grad(loss)(meta)
-  return tuple(grad(order) for order in ORDERS)
+  return tuple(swept_meta_gradient(frozen, phi, image, key, spec._replace(order=order), mspec,
+                                   inner_lr, inner_steps, aux_index) for order in ORDERS)
 
 
 def compare(second, first) -> dict:

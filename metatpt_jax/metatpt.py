@@ -57,14 +57,14 @@ class MetaTPTSpec(NamedTuple):
     return int(self.n_views * self.selection_ratio)
 
 
-class _Episode(NamedTuple):
+class Episode(NamedTuple):
   """Per-sample constants shared by the inner and outer losses."""
   image: jax.Array      # [S, S, 3]
   feature0: jax.Array   # [E] view-0 feature (no gradient; conditions the generator)
   noise: jax.Array      # [K, F] generator noise, fixed for the episode
 
 
-def _view_features(frozen, phi, ep: _Episode, spec: MetaTPTSpec, mspec: ModelSpec):
+def view_features(frozen, phi, ep: Episode, spec: MetaTPTSpec, mspec: ModelSpec):
   """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
   all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
   feats = encode_images(frozen, all_views[1:], mspec, remat=mspec.remat)
@@ -73,7 +73,7 @@ def _view_features(frozen, phi, ep: _Episode, spec: MetaTPTSpec, mspec: ModelSpe
 
 def aux_loss(frozen, phi, ctx, ep, spec, mspec):
   """L_aux(phi; x, p): the self-supervised inner objective (+ deviation penalty)."""
-  feats, penalty = _view_features(frozen, phi, ep, spec, mspec)
+  feats, penalty = view_features(frozen, phi, ep, spec, mspec)
   view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
   return losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
 
@@ -89,7 +89,8 @@ def inner_update(frozen, phi, ctx, ep, spec, mspec):
   return adapted
 
 
-def _consistency(frozen, feats, ctx, spec, mspec):
+def consistency(frozen, feats, ctx, spec, mspec):
+  """L_cons (confident-view entropy + consistency) of view features [K+1, E] under prompt ctx."""
   view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
   return losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
 
@@ -97,8 +98,8 @@ def _consistency(frozen, feats, ctx, spec, mspec):
 def _consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
   """L_cons on the views G_phi makes of the episode's image (gradient to phi and ctx)."""
   if not spec.recompute_kept:
-    feats, _ = _view_features(frozen, phi, ep, spec, mspec)
-    return _consistency(frozen, feats, ctx, spec, mspec)
+    feats, _ = view_features(frozen, phi, ep, spec, mspec)
+    return consistency(frozen, feats, ctx, spec, mspec)
   all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
   text = class_features(frozen, ctx, mspec)
   # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
@@ -115,7 +116,7 @@ def outer_loss(frozen, meta, ep, spec, mspec):
   """L_out(p, phi) for meta = {"ctx": p, "phi": phi}, through the inner update."""
   ctx, phi = meta["ctx"], meta["phi"]
   if spec.schedule == "joint":  # one stage: L_aux + L_out on the same views, no inner step
-    feats, penalty = _view_features(frozen, phi, ep, spec, mspec)
+    feats, penalty = view_features(frozen, phi, ep, spec, mspec)
     view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
     aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
     return aux + losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
@@ -157,12 +158,12 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
   if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
     all_views = views.tpt_views(image, key, spec.n_views)
     feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
-    loss_fn = lambda meta: _consistency(frozen, feats, meta["ctx"], spec, mspec)
+    loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
   else:
-    ep = _Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
+    ep = Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
     if spec.augment == "frozen":  # offline generator: views fixed by phi, only p tuned
-      feats, _ = jax.lax.stop_gradient(_view_features(frozen, phi, ep, spec, mspec))
-      loss_fn = lambda meta: _consistency(frozen, feats, meta["ctx"], spec, mspec)
+      feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
+      loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
     else:
       loss_fn = lambda meta: outer_loss(frozen, meta, ep, spec, mspec)
   meta = {"ctx": frozen.ctx_init, "phi": phi}
@@ -187,7 +188,7 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
     image, index = xs
     k = jax.random.fold_in(key, index)
     feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-    ep = _Episode(image, feature0, gen.sample_noise(k, spec.n_views - 1))
+    ep = Episode(image, feature0, gen.sample_noise(k, spec.n_views - 1))
     loss_fn = lambda p: outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
     loss, grads = jax.value_and_grad(loss_fn)(phi)
     updates, opt_state = opt.update(grads, opt_state, phi)
@@ -205,7 +206,7 @@ def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: Meta
   For inspection and plots: ([K+1, S, S, 3], [K+1, S, S, 3]), view 0 first.
   """
   feature0 = encode_images(frozen, image[None], mspec)[0]
-  ep = _Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
+  ep = Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
   adapted = inner_update(frozen, phi, frozen.ctx_init, ep, spec, mspec)
   before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, feature0)
   after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, feature0)

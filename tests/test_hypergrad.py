@@ -58,9 +58,12 @@ def test_swept_gradients_equal_the_spec_path_and_compile_once(tiny):
   spec = SPEC._replace(inner_steps=2)  # the most steps the sweep may take
   swept = jax.jit(hypergrad.swept_hypergradients, static_argnums=(4, 5))
   exact = jax.jit(hypergrad.hypergradients, static_argnums=(4, 5))
-  for lr, steps in ((0.3, 1), (0.5, 2)):
-    got = swept(frozen, phi, image, key, spec, mspec, lr, steps)
-    want = exact(frozen, phi, image, key, spec._replace(inner_lr=lr, inner_steps=steps), mspec)
+  # The inner loss is traced too (aux_index), as notebook 01 uses it.
+  for lr, steps, aux in ((0.3, 1, "view_kl"), (0.5, 2, "embedding_agreement")):
+    got = swept(frozen, phi, image, key, spec, mspec, lr, steps,
+                hypergrad.SWEPT_AUX_LOSSES.index(aux))
+    want = exact(frozen, phi, image, key,
+                 spec._replace(inner_lr=lr, inner_steps=steps, aux_loss=aux), mspec)
     for g, w in zip(got, want):  # both orders
       _assert_trees_close(g, w)
   assert swept._cache_size() == 1  # pylint: disable=protected-access

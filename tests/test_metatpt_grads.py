@@ -30,7 +30,7 @@ def _setup(spec=SPEC):
   frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(jnp.float64)
   feature0 = jax.lax.stop_gradient(metatpt.encode_images(frozen, image[None], mspec)[0])
-  ep = metatpt._Episode(image, feature0, gen.sample_noise(jax.random.key(4), spec.n_views - 1)
+  ep = metatpt.Episode(image, feature0, gen.sample_noise(jax.random.key(4), spec.n_views - 1)
                         .astype(jnp.float64))
   phi = h.init_phi(spec, dtype=jnp.float64, perturb=0.3)
   return frozen, mspec, ep, {"ctx": frozen.ctx_init, "phi": phi}
@@ -90,8 +90,8 @@ def test_first_order_gradient_is_outer_gradient_at_adapted_phi():
   g1 = jax.grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec))(meta)
 
   def at_adapted(phi_prime):
-    feats, _ = metatpt._view_features(frozen, phi_prime, ep, spec, mspec)
-    return metatpt._consistency(frozen, feats, meta["ctx"], spec, mspec)
+    feats, _ = metatpt.view_features(frozen, phi_prime, ep, spec, mspec)
+    return metatpt.consistency(frozen, feats, meta["ctx"], spec, mspec)
   g_direct = jax.grad(at_adapted)(adapted)
   for a, b in zip(jax.tree.leaves(g1["phi"]), jax.tree.leaves(g_direct)):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
