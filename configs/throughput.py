@@ -1,7 +1,9 @@
 """Throughput of zero-shot, TPT and MetaTPT (first and second order) against a PyTorch TPT loop.
 
     metatpt-throughput --config configs/throughput.py          # ViT-B/16, 224 px, 64 views, fp32
+    metatpt-throughput --config configs/throughput.py:cpu      # the subset 2 CPU cores can run
     metatpt-throughput --config configs/throughput.py:tiny     # seconds: tiny CLIP, 8 views
+    metatpt-throughput --config configs/throughput.py:scaling  # compile only: memory, B/16 + L/14
     metatpt-throughput --config configs/throughput.py --config.compute_dtype=bfloat16  # accelerators
 
 Random weights (costs only). Cells that exceed `memory_limit_gib` (checked on the compiled program
@@ -42,9 +44,32 @@ def get_config(arg: str = ""):
   c.compile_only_archs = ()
   c.compile_only_methods = ("tpt", "metatpt_second")
   c.compile_only_policies = (("float32", False), ("float32", True), ("bfloat16", True))
+  # (TPT, MetaTPT 2nd order) rows compared by the time-ratio and FLOP/s targets.
+  c.meta_target_pair = ("tpt", "metatpt_second")
+  # Restrict the methods run at some class counts (default: every method at every count).
+  c.methods_at = {}
+  # XLA flags set before JAX starts (the CLI only; e.g. XNNPACK fusion on CPU, see
+  # docs/THROUGHPUT.md). An XLA_FLAGS already in the environment wins.
+  c.xla_flags = ""
   c.seed = 0
   c.output_dir = "runs/throughput"
-  if arg == "tiny":
+  if arg == "cpu":  # what 2 CPU cores can measure in ~25 minutes (docs/THROUGHPUT.md)
+    c.batch_sizes = (1, 2)
+    c.repeats = 1
+    c.torch_samples = 1
+    # MetaTPT 2nd order at 64 views needs 23.2 GiB compiled (fp32, batch 1) and does not fit in
+    # this machine's 24 GiB; at 32 views it does, so the MetaTPT/TPT targets use a 32-view pair.
+    c.methods.tpt_32views = defaults.tpt_method(n_views=32)
+    c.methods.metatpt_second_32views = defaults.metatpt_method(n_views=32, order="second")
+    c.methods.metatpt_first_32views = defaults.metatpt_method(n_views=32, order="first")
+    del c.methods["metatpt_second_all_views"]
+    c.methods.metatpt_second_all_views_32views = defaults.metatpt_method(
+        n_views=32, order="second", recompute_kept=False)
+    c.meta_target_pair = ("tpt_32views", "metatpt_second_32views")
+    c.methods_at = {200: ("zero_shot", "tpt", "tpt_32views", "metatpt_second_32views")}
+    c.max_seconds_per_cell = 150.0
+    c.output_dir = "runs/throughput_cpu"
+  elif arg == "tiny":
     c.arch = "tiny"
     c.n_views = 8
     c.num_classes = (3, 5)
@@ -65,5 +90,5 @@ def get_config(arg: str = ""):
     c.compile_only_archs = ("ViT-B/16", "ViT-L/14")
     c.output_dir = "runs/throughput_scaling"
   elif arg:
-    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'tiny' or 'scaling'.")
+    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'cpu', 'tiny' or 'scaling'.")
   return c
