@@ -55,7 +55,10 @@ class TorchTPT:
 
   def image_features(self, pixels):
     """pixels [V, S, S, 3] in [0, 1] (NumPy or torch) -> unit-norm features [V, E], no grad."""
-    pixels = torch.as_tensor(np.asarray(pixels, np.float32))
+    if isinstance(pixels, torch.Tensor):
+      pixels = pixels.float()
+    else:
+      pixels = torch.from_numpy(np.array(pixels, np.float32))  # a writable copy
     normalised = (pixels - torch.from_numpy(MEAN)) / torch.from_numpy(STD)
     with torch.no_grad():
       feats = self.model.get_image_features(
