@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from metatpt_jax import generator as gen
 from metatpt_jax import losses, metatpt
 from metatpt_jax.clip.config import CLIPArch, TextArch, VisionArch
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, logits
 
 ORDERS = ("second", "first")
 
@@ -35,13 +33,8 @@ INSPECTION_ARCH = CLIPArch(
     text=TextArch(context_length=16, width=32, layers=2, heads=2), embed_dim=16)
 
 
-def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
-                 spec: metatpt.MetaTPTSpec, mspec: ModelSpec):
-  """The per-sample constants of `metatpt_adapt_one_sample`: view-0 feature and noise [K, F]."""
-  chex.assert_rank(image, 3)
-  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-  noise = gen.sample_noise(key, spec.n_views - 1).astype(image.dtype)
-  return metatpt.Episode(image, feature0, noise)
+# The per-sample constants of `metatpt_adapt_one_sample` (view-0 feature, generator noise).
+make_episode = metatpt.make_episode
 
 
 def meta_loss_fn(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
@@ -104,9 +97,8 @@ def swept_outer_loss(frozen: FrozenCLIP, meta, ep, spec: metatpt.MetaTPTSpec, ms
 
   adapted, _ = jax.lax.scan(step, phi, jnp.arange(spec.inner_steps))
   if spec.order == "first":  # as metatpt.inner_update: identity Jacobian, no path to p
-    adapted = jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
-  feats, _ = metatpt.view_features(frozen, adapted, ep, spec, mspec)
-  return metatpt.consistency(frozen, feats, ctx, spec, mspec)
+    adapted = metatpt.first_order(phi, adapted)
+  return metatpt.consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
 
 
 def swept_meta_gradient(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,

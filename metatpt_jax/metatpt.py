@@ -64,6 +64,13 @@ class Episode(NamedTuple):
   noise: jax.Array      # [K, F] generator noise, fixed for the episode
 
 
+def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: MetaTPTSpec,
+                 mspec: ModelSpec) -> Episode:
+  """The episode of one image: its view-0 feature (no gradient) and K noise vectors from key."""
+  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+  return Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1).astype(image.dtype))
+
+
 def view_features(frozen, phi, ep: Episode, spec: MetaTPTSpec, mspec: ModelSpec):
   """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
   all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
@@ -84,9 +91,13 @@ def inner_update(frozen, phi, ctx, ep, spec, mspec):
   for _ in range(spec.inner_steps):  # few, static steps: unrolled
     g = jax.grad(aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec)
     adapted = jax.tree.map(lambda w, d: w - spec.inner_lr * d, adapted, g)
-  if spec.order == "first":
-    adapted = jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
-  return adapted
+  return first_order(phi, adapted) if spec.order == "first" else adapted
+
+
+def first_order(phi, adapted):
+  """phi' with the value of `adapted` but the gradient of `phi` (FOMAML: d phi'/d phi = I and
+  no path to the prompt)."""
+  return jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
 
 
 def consistency(frozen, feats, ctx, spec, mspec):
@@ -95,7 +106,7 @@ def consistency(frozen, feats, ctx, spec, mspec):
   return losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
 
 
-def _consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
+def consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
   """L_cons on the views G_phi makes of the episode's image (gradient to phi and ctx)."""
   if not spec.recompute_kept:
     feats, _ = view_features(frozen, phi, ep, spec, mspec)
@@ -121,7 +132,7 @@ def outer_loss(frozen, meta, ep, spec, mspec):
     aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
     return aux + losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
   adapted = inner_update(frozen, phi, ctx, ep, spec, mspec)
-  return _consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
+  return consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
 
 
 def make_meta_optimizer(spec: MetaTPTSpec):
@@ -154,13 +165,12 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
     (logits [C], metrics) -- metrics hold the first outer loss and the adapted phi.
   """
   chex.assert_rank(image, 3)
-  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+  ep = make_episode(frozen, image, key, spec, mspec)
   if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
     all_views = views.tpt_views(image, key, spec.n_views)
     feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
     loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
   else:
-    ep = Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
     if spec.augment == "frozen":  # offline generator: views fixed by phi, only p tuned
       feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
       loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
@@ -168,7 +178,7 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
       loss_fn = lambda meta: outer_loss(frozen, meta, ep, spec, mspec)
   meta = {"ctx": frozen.ctx_init, "phi": phi}
   meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec))
-  final = logits(frozen, feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
+  final = logits(frozen, ep.feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
   return final, dict(loss=loss0, phi=meta["phi"])
 
 
@@ -186,9 +196,7 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
   def step(carry, xs):
     phi, opt_state = carry
     image, index = xs
-    k = jax.random.fold_in(key, index)
-    feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-    ep = Episode(image, feature0, gen.sample_noise(k, spec.n_views - 1))
+    ep = make_episode(frozen, image, jax.random.fold_in(key, index), spec, mspec)
     loss_fn = lambda p: outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
     loss, grads = jax.value_and_grad(loss_fn)(phi)
     updates, opt_state = opt.update(grads, opt_state, phi)
@@ -205,9 +213,8 @@ def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: Meta
 
   For inspection and plots: ([K+1, S, S, 3], [K+1, S, S, 3]), view 0 first.
   """
-  feature0 = encode_images(frozen, image[None], mspec)[0]
-  ep = Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1))
+  ep = make_episode(frozen, image, key, spec, mspec)
   adapted = inner_update(frozen, phi, frozen.ctx_init, ep, spec, mspec)
-  before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, feature0)
-  after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, feature0)
+  before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, ep.feature0)
+  after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, ep.feature0)
   return before, after

@@ -31,11 +31,9 @@ from absl import app
 from ml_collections import config_flags
 
 from metatpt_jax import adapt, prompts
-from metatpt_jax import generator as gen
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.clip import config as clip_config
 from metatpt_jax.clip import model as clip_model
-from metatpt_jax.frozen_clip import FrozenCLIP
 
 GIB = 2 ** 30
 
@@ -86,32 +84,31 @@ def peak_rss_gib() -> float:
 
 
 # ------------------------------------------------------------------ the ceiling
+def _ceiling(matmul, size: int, repeats: int) -> dict:
+  """FLOP/s of `matmul()` (one [size, size] product; median of `repeats` after a warm-up)."""
+  matmul()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul()
+    times.append(time.perf_counter() - start)
+  t = statistics.median(times)
+  return dict(size=size, seconds=t, flops_per_s=2 * size ** 3 / t)
+
+
 def matmul_ceiling(size: int, repeats: int = 5) -> dict:
-  """FLOP/s of one [size, size] x [size, size] fp32 product in JAX (median of `repeats`)."""
+  """FLOP/s of one [size, size] x [size, size] fp32 product in JAX."""
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
   f = jax.jit(jnp.matmul)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
-  t = statistics.median(times)
-  return dict(size=size, seconds=t, flops_per_s=2 * size ** 3 / t)
+  return _ceiling(lambda: f(a, b).block_until_ready(), size, repeats)
 
 
 def torch_matmul_ceiling(size: int, repeats: int = 5) -> dict:
+  """The same product in PyTorch."""
   import torch  # pylint: disable=import-outside-toplevel
   a, b = torch.randn(size, size), torch.randn(size, size)
-  a @ b
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    a @ b
-    times.append(time.perf_counter() - start)
-  t = statistics.median(times)
-  return dict(size=size, seconds=t, flops_per_s=2 * size ** 3 / t)
+  return _ceiling(lambda: a @ b, size, repeats)
 
 
 # ------------------------------------------------------------------ setups
@@ -126,12 +123,9 @@ def class_names(num_classes: int) -> list:
 
 
 def adapt_state(params, arch, num_classes, kind, spec, n_ctx, seed) -> adapt.AdaptState:
-  bank = prompts.build_prompt_bank(params, arch, class_names(num_classes), n_ctx)
-  ctx = prompts.init_context(params, arch, n_ctx=n_ctx, init="a photo of a")
-  phi = None
-  if kind == "metatpt":
-    phi = gen.init_generator(jax.random.key(seed + 1), spec.generator, arch.embed_dim)
-  return adapt.AdaptState(FrozenCLIP(params, bank, ctx), phi)
+  """The benchmark's state (`methods.build_state`) for made-up class names."""
+  prompt = ml_collections.ConfigDict(dict(n_ctx=n_ctx, init="a photo of a"))
+  return methods_lib.build_state(params, arch, class_names(num_classes), prompt, kind, spec, seed)
 
 
 def random_batch(arch, batch_size: int, seed: int) -> dict:
