@@ -5,6 +5,11 @@ The per-sample methods (`zero_shot_one_sample`, `tpt.tpt_adapt_one_sample`,
 `jax.shard_map` splits the batch over the data axis while the frozen state stays replicated.
 Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on which other
 samples share its batch, their order, or the device it lands on.
+
+A batch is a dict: "image" [B, S, S, 3] float in [0, 1] (view 0, as CLIP sees the image),
+"index" [B] int, and optionally the decoded images the random views are cut from: "canvas"
+[B, M, N, 3] (uint8 or float in [0, 1], the image at the top-left) with "extent" [B, 2] int
+(each image's height, width). Without them the views are cut from "image".
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from metatpt_jax import metatpt, tpt
+from metatpt_jax import metatpt, tpt, views
 from metatpt_jax.frozen_clip import (FrozenCLIP, ModelSpec, check_images, class_features,
                                      encode_images, logits)
 from metatpt_jax.sharding import DATA_AXIS
@@ -29,22 +34,25 @@ class AdaptState(NamedTuple):
   phi: Any = None    # generator parameters MetaTPT starts from (None for other methods)
 
 
-def zero_shot_one_sample(frozen: FrozenCLIP, image, key, spec, mspec: ModelSpec):
+def zero_shot_one_sample(frozen: FrozenCLIP, image, key, spec, mspec: ModelSpec, source=None):
   """CLIP with the initial prompt on the image itself: [S, S, 3] -> logits [C]."""
-  del key, spec
+  del key, spec, source
   feats = encode_images(frozen, image[None], mspec)
   return logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))[0], {}
 
 
 def per_sample_fn(method: str, spec, mspec: ModelSpec):
-  """fn(state, image, key) -> (logits [C], metrics) for one sample of `method`."""
+  """fn(state, image, key, source) -> (logits [C], metrics) for one sample of `method`."""
   if method == "zero_shot":
-    return lambda st, image, key: zero_shot_one_sample(st.frozen, image, key, spec, mspec)
+    return lambda st, image, key, source=None: zero_shot_one_sample(st.frozen, image, key,
+                                                                    spec, mspec)
   if method == "tpt":
-    return lambda st, image, key: tpt.tpt_adapt_one_sample(st.frozen, image, key, spec, mspec)
+    return lambda st, image, key, source=None: tpt.tpt_adapt_one_sample(
+        st.frozen, image, key, spec, mspec, source)
   if method == "metatpt":
-    def fn(st, image, key):
-      out, metrics = metatpt.metatpt_adapt_one_sample(st.frozen, st.phi, image, key, spec, mspec)
+    def fn(st, image, key, source=None):
+      out, metrics = metatpt.metatpt_adapt_one_sample(st.frozen, st.phi, image, key, spec, mspec,
+                                                      source)
       metrics = dict(metrics)
       metrics.pop("phi")  # per-sample generators are not returned (memory); the loss is
       return out, metrics
@@ -57,7 +65,14 @@ def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, 
   """vmap of the per-sample method over batch["image"] [B, S, S, 3] with batch["index"] [B]."""
   fn = per_sample_fn(method, spec, mspec)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
-  out, metrics = jax.vmap(fn, in_axes=(None, 0, 0))(state, batch["image"], keys)
+  sources = None
+  if "canvas" in batch:
+    canvas = batch["canvas"]
+    if jnp.issubdtype(canvas.dtype, jnp.integer):
+      canvas = canvas.astype(batch["image"].dtype) / 255
+    sources = views.Source(canvas.astype(batch["image"].dtype),
+                           jnp.asarray(batch["extent"], jnp.int32))
+  out, metrics = jax.vmap(fn, in_axes=(None, 0, 0, 0))(state, batch["image"], keys, sources)
   return dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
 
 
@@ -90,6 +105,9 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
   def checked_step(state, batch, key):
     # Malformed or NaN/Inf images fail here, on the host, before anything is compiled or run.
     check_images(batch["image"], mspec.arch.vision.image_size, batched=True)
+    if method == "metatpt" and state.phi is None and spec.augment != "fixed":
+      raise ValueError("MetaTPT needs generator parameters: make the state as AdaptState(frozen, "
+                       "generator.init_generator(key, spec.generator, arch.embed_dim)).")
     return jitted(state, batch, key)
 
   checked_step.jitted = jitted  # the raw jitted step (for tracing, lowering, cache inspection)

@@ -1,6 +1,6 @@
 """TPT's AugMix-style views for the fine-grained sets, in JAX (severity 1, as TPT uses).
 
-Each view: a random resized crop + flip x_o of the image, then three chains of 1-3 random
+Each view: a random resized crop + flip x_o of the (full, decoded) image, then three chains of 1-3 random
 operations mixed with Dirichlet(1, 1, 1) weights, blended with x_o by a Beta(1, 1) factor.
 Operation strengths follow AugMix's `sample_level(1)` ranges on 0..255 images.
 """
@@ -97,17 +97,20 @@ def _chain(img, key):
   return img
 
 
-def augmix_one(image, key, scale=(0.08, 1.0)):
-  """One AugMix view of `image` [S, S, 3] in [0, 1]."""
+def augmix_one(source: views.Source, key, size: int, scale=(0.08, 1.0)):
+  """One AugMix view [size, size, 3] of the source image (TPT's `augmix`: the crop first)."""
   k_crop, k_w, k_m, k_chain = jax.random.split(key, 4)
-  base = views.affine_warp(image, views.random_resized_crop_theta(k_crop, scale=scale))
+  base = views.tpt_crop(source, k_crop, size, scale).astype(source.pixels.dtype)
   weights = jax.random.dirichlet(k_w, jnp.ones(_WIDTH))
   mixed = sum(weights[i] * _chain(base, k) for i, k in enumerate(jax.random.split(k_chain, _WIDTH)))
   m = jax.random.beta(k_m, 1.0, 1.0)
   return m * base + (1 - m) * mixed
 
 
-def augmix_views(image, key, n_views: int, scale=(0.08, 1.0)):
-  """View 0 = `image`; views 1..n-1 AugMix views. [S, S, 3] -> [n_views, S, S, 3]."""
-  others = jax.vmap(lambda k: augmix_one(image, k, scale))(jax.random.split(key, n_views - 1))
+def augmix_views(image, key, n_views: int, source: views.Source | None = None,
+                 scale=(0.08, 1.0)):
+  """View 0 = `image` [S, S, 3]; views 1..n-1 AugMix views of `source` (default: `image`)."""
+  source = views.square_source(image) if source is None else source
+  others = jax.vmap(lambda k: augmix_one(source, k, image.shape[0], scale))(
+      jax.random.split(key, n_views - 1))
   return jnp.concatenate([image[None], others], axis=0)

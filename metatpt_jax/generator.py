@@ -118,8 +118,12 @@ def generate_thetas(phi, spec: GeneratorSpec, noise, feature=None):
   return thetas, named, jnp.mean(delta ** 2)
 
 
-def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=None):
-  """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi. Returns ([K+1, S, S, 3], penalty)."""
+def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=None,
+                  source: views_lib.Source | None = None):
+  """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi from `source` (default: `image`),
+  whose centred square is the generator's unit frame. Returns ([K+1, S, S, 3], penalty)."""
   thetas, _, penalty = generate_thetas(phi, spec, noise, feature)
-  warped = jax.vmap(views_lib.affine_warp, in_axes=(None, 0))(image, thetas)
+  source = views_lib.square_source(image) if source is None else source
+  warp = lambda t: views_lib.affine_warp(source.pixels, t, image.shape[0], source.extent)
+  warped = jax.vmap(warp)(thetas).astype(image.dtype)
   return jnp.concatenate([image[None], warped], axis=0), penalty

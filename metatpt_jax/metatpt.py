@@ -59,21 +59,26 @@ class MetaTPTSpec(NamedTuple):
 
 class Episode(NamedTuple):
   """Per-sample constants shared by the inner and outer losses."""
-  image: jax.Array      # [S, S, 3]
+  image: jax.Array      # [S, S, 3] view 0
   feature0: jax.Array   # [E] view-0 feature (no gradient; conditions the generator)
   noise: jax.Array      # [K, F] generator noise, fixed for the episode
+  source: views.Source | None = None  # the decoded image the views are cut from (None: image)
 
 
 def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: MetaTPTSpec,
-                 mspec: ModelSpec) -> Episode:
-  """The episode of one image: its view-0 feature (no gradient) and K noise vectors from key."""
+                 mspec: ModelSpec, source: views.Source | None = None) -> Episode:
+  """The episode of one image: its view-0 feature (no gradient), K noise vectors from key and
+  the source the views are cut from (default: the image itself)."""
   feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-  return Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1).astype(image.dtype))
+  source = views.square_source(image) if source is None else source
+  return Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1).astype(image.dtype),
+                 source)
 
 
 def view_features(frozen, phi, ep: Episode, spec: MetaTPTSpec, mspec: ModelSpec):
   """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
-  all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
+  all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0,
+                                         ep.source)
   feats = encode_images(frozen, all_views[1:], mspec, remat=mspec.remat)
   return jnp.concatenate([ep.feature0[None], feats], axis=0), penalty
 
@@ -111,7 +116,8 @@ def consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
   if not spec.recompute_kept:
     feats, _ = view_features(frozen, phi, ep, spec, mspec)
     return consistency(frozen, feats, ctx, spec, mspec)
-  all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0)
+  all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0,
+                                   ep.source)
   text = class_features(frozen, ctx, mspec)
   # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec))
@@ -153,7 +159,8 @@ def _tune(loss_fn, meta, steps, optimizer):
 
 
 def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
-                             spec: MetaTPTSpec, mspec: ModelSpec):
+                             spec: MetaTPTSpec, mspec: ModelSpec,
+                             source: views.Source | None = None):
   """Adapts (p, phi) to one image and predicts it with the adapted prompt on view 0.
 
   Args:
@@ -161,13 +168,18 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
     phi: generator parameters to start from (initial, or the offline-learned ones).
     image: [S, S, 3] float in [0, 1], already resized and centre-cropped.
     key: this sample's PRNG key.
+    source: the decoded image on a padded canvas the views are cut from (default: `image`).
   Returns:
     (logits [C], metrics) -- metrics hold the first outer loss and the adapted phi.
   """
   chex.assert_rank(image, 3)
-  ep = make_episode(frozen, image, key, spec, mspec)
+  if phi is None and spec.augment != "fixed":
+    raise ValueError("MetaTPT needs generator parameters phi: pass "
+                     "generator.init_generator(key, spec.generator, arch.embed_dim) (as "
+                     "AdaptState(frozen, phi) for adapt.make_step).")
+  ep = make_episode(frozen, image, key, spec, mspec, source)
   if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
-    all_views = views.tpt_views(image, key, spec.n_views)
+    all_views = views.tpt_views(image, key, spec.n_views, ep.source)
     feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
     loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
   else:
@@ -183,8 +195,11 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
 
 
 def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.Array,
-                          spec: MetaTPTSpec, mspec: ModelSpec):
+                          spec: MetaTPTSpec, mspec: ModelSpec,
+                          sources: views.Source | None = None):
   """Learns phi across a stream of unlabeled images [T, S, S, 3]; the prompt resets per image.
+
+  `sources` (a `views.Source` with a leading T axis) are the images the views are cut from.
 
   Each image contributes one meta-gradient step on phi (dual-loop outer loss); returns the
   final phi, to be used frozen (augment="frozen") on the test stream.
@@ -195,26 +210,28 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
 
   def step(carry, xs):
     phi, opt_state = carry
-    image, index = xs
-    ep = make_episode(frozen, image, jax.random.fold_in(key, index), spec, mspec)
+    image, index, source = xs
+    ep = make_episode(frozen, image, jax.random.fold_in(key, index), spec, mspec, source)
     loss_fn = lambda p: outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
     loss, grads = jax.value_and_grad(loss_fn)(phi)
     updates, opt_state = opt.update(grads, opt_state, phi)
     return (optax.apply_updates(phi, updates), opt_state), loss
 
+  if sources is None:
+    sources = jax.vmap(views.square_source)(images)
   (phi, _), stream_losses = jax.lax.scan(step, (phi, opt.init(phi)),
-                                         (images, jnp.arange(images.shape[0])))
+                                         (images, jnp.arange(images.shape[0]), sources))
   return phi, stream_losses
 
 
 def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: MetaTPTSpec,
-                                 mspec: ModelSpec):
+                                 mspec: ModelSpec, source: views.Source | None = None):
   """The generated views of one image under phi and under phi' (after the inner loop).
 
   For inspection and plots: ([K+1, S, S, 3], [K+1, S, S, 3]), view 0 first.
   """
-  ep = make_episode(frozen, image, key, spec, mspec)
+  ep = make_episode(frozen, image, key, spec, mspec, source)
   adapted = inner_update(frozen, phi, frozen.ctx_init, ep, spec, mspec)
-  before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, ep.feature0)
-  after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, ep.feature0)
+  before, _ = gen.learned_views(phi, spec.generator, image, ep.noise, ep.feature0, ep.source)
+  after, _ = gen.learned_views(adapted, spec.generator, image, ep.noise, ep.feature0, ep.source)
   return before, after

@@ -22,6 +22,9 @@ def maybe_initialize_distributed() -> bool:
   `jax.distributed.initialize()` also discovers them itself; set METATPT_DISTRIBUTED=1 for that).
   Returns whether the distributed runtime was initialised.
   """
+  if "JAX_COORDINATOR_ADDRESS" in os.environ or os.environ.get("METATPT_DISTRIBUTED") == "1":
+    # CPU processes need a collectives backend for the final barrier (no effect on GPU/TPU).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],

@@ -1,6 +1,7 @@
 """TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as METHOD.md section 1.
 
-Per image: 64 views (the image + 63 random resized crops with flips), image features once without
+Per image: 64 views (the image + 63 random resized crops with flips, cut from the full decoded
+image when a `views.Source` is given, as TPT's public code does), image features once without
 gradient, the 10% lowest-entropy views chosen at the first step, the entropy of their averaged
 prediction minimised over the prompt context with AdamW (lr 5e-3, PyTorch defaults), prediction on
 view 0 with the tuned context. Context and optimiser state start afresh for every sample.
@@ -41,11 +42,12 @@ def make_optimizer(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01):
   return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-def make_views(image, key, spec: TPTSpec):
+def make_views(image, key, spec: TPTSpec, source: views.Source | None = None):
+  """View 0 = `image`; views 1.. cut from `source` (default: the image itself)."""
   if spec.view_kind == "random_crop":
-    return views.tpt_views(image, key, spec.n_views, scale=spec.crop_scale)
+    return views.tpt_views(image, key, spec.n_views, source, scale=spec.crop_scale)
   if spec.view_kind == "augmix":
-    return augmix.augmix_views(image, key, spec.n_views, scale=spec.crop_scale)
+    return augmix.augmix_views(image, key, spec.n_views, source, scale=spec.crop_scale)
   raise ValueError(f"Unknown view_kind {spec.view_kind!r}; use 'random_crop' or 'augmix'.")
 
 
@@ -78,7 +80,7 @@ def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, m
 
 
 def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: TPTSpec,
-                         mspec: ModelSpec):
+                         mspec: ModelSpec, source: views.Source | None = None):
   """Adapts the prompt to one image and predicts it.
 
   Args:
@@ -86,11 +88,12 @@ def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, s
     image: [S, S, 3] float in [0, 1], S = image size of the architecture (already resized and
       centre-cropped, not normalised).
     key: PRNG key of this sample (derive it from the sample's index, not its batch position).
+    source: the decoded image on a padded canvas; views 1.. are cut from it (default: `image`).
   Returns:
     logits [C] of view 0 with the tuned context, and metrics (loss, zero-shot logits, ...).
   """
   chex.assert_rank(image, 3)
-  all_views = make_views(image, key, spec)
+  all_views = make_views(image, key, spec, source)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
   ctx, metrics = tune_prompt_on_features(frozen, feats, spec, mspec)
   final = logits(frozen, feats[:1], class_features(frozen, ctx, mspec))[0]

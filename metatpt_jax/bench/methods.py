@@ -9,6 +9,7 @@ import ml_collections
 
 from metatpt_jax import adapt, metatpt, prompts, tpt
 from metatpt_jax import generator as gen
+from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
 
 KINDS = ("zero_shot", "tpt", "metatpt")
@@ -19,7 +20,7 @@ def _fields(cfg: ml_collections.ConfigDict, cls, exclude=()) -> dict:
   known = set(cls._fields)
   extra = set(cfg.keys()) - known - {"kind", *exclude}
   if extra:
-    raise ValueError(f"Unknown {cls.__name__} fields {sorted(extra)}; valid: {sorted(known)}.")
+    raise UserError(f"Unknown {cls.__name__} fields {sorted(extra)}; valid: {sorted(known)}.")
   return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known}
 
 
@@ -27,13 +28,13 @@ def method_spec(cfg: ml_collections.ConfigDict):
   """(kind, static spec) for one method config (`kind` plus the spec's fields)."""
   kind = cfg.get("kind")
   if kind not in KINDS:
-    raise ValueError(f"Method kind {kind!r} unknown; choose one of {KINDS}.")
+    raise UserError(f"Method kind {kind!r} unknown; choose one of {KINDS}.")
   if kind == "zero_shot":
     return kind, None
   if kind == "tpt":
     spec = tpt.TPTSpec(**_fields(cfg, tpt.TPTSpec))
     if spec.steps < 1 or spec.num_keep < 1:
-      raise ValueError(f"TPT needs steps >= 1 and n_views * selection_ratio >= 1, got {spec}.")
+      raise UserError(f"TPT needs steps >= 1 and n_views * selection_ratio >= 1, got {spec}.")
     return kind, spec
   fields = _fields(cfg, metatpt.MetaTPTSpec, exclude=("offline_images",))
   if "generator" in fields:
@@ -48,16 +49,16 @@ def _check_metatpt(spec: metatpt.MetaTPTSpec) -> None:
                  order=("second", "first"))
   for name, valid in choices.items():
     if getattr(spec, name) not in valid:
-      raise ValueError(f"MetaTPT {name}={getattr(spec, name)!r}; choose one of {valid}.")
+      raise UserError(f"MetaTPT {name}={getattr(spec, name)!r}; choose one of {valid}.")
   metatpt.losses.get_aux_loss(spec.aux_loss)
   if spec.num_keep < 1 or spec.outer_steps < 1 or spec.inner_steps < 0:
-    raise ValueError("MetaTPT needs n_views * selection_ratio >= 1, outer_steps >= 1, "
+    raise UserError("MetaTPT needs n_views * selection_ratio >= 1, outer_steps >= 1, "
                      f"inner_steps >= 0; got {spec}.")
 
 
 def model_spec(cfg: ml_collections.ConfigDict, arch) -> ModelSpec:
   if cfg.compute_dtype not in DTYPES:
-    raise ValueError(f"compute_dtype {cfg.compute_dtype!r}; choose one of {sorted(DTYPES)}.")
+    raise UserError(f"compute_dtype {cfg.compute_dtype!r}; choose one of {sorted(DTYPES)}.")
   return ModelSpec(arch, compute_dtype=DTYPES[cfg.compute_dtype], remat=bool(cfg.remat))
 
 

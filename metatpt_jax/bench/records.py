@@ -1,43 +1,64 @@
 """Append-only per-sample results (JSONL) that make an interrupted benchmark resumable.
 
-Every batch's records are appended and fsync'ed before the next batch starts. On restart the
-file is read back; a line cut short by a kill is dropped (it was never complete), and records
-are keyed by (method, domain, seed, index), so nothing is counted twice.
+Records live in `<output_dir>/samples*.jsonl`: `samples.jsonl` for a one-process run,
+`samples.p<i>-of-<n>.jsonl` for process i of n, so processes never write the same file. Every
+batch's records are appended and fsync'ed before the next batch starts. On restart every file of
+the directory is read back; a line cut short by a kill is dropped (it was never complete).
+
+Records are keyed by (fingerprint, method, domain, seed, index): the fingerprint
+(`bench.fingerprint`) identifies the exact setting that produced a record, so records of another
+setting are never resumed or counted. Records without one (written before record version 2) are
+kept in the file and ignored.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 
-KEY_FIELDS = ("method", "domain", "seed", "index")
+KEY_FIELDS = ("fingerprint", "method", "domain", "seed", "index")
+PATTERN = "samples*.jsonl"
 
 
 def record_key(rec: dict) -> tuple:
-  return tuple(rec[f] for f in KEY_FIELDS)
+  return tuple(rec.get(f) for f in KEY_FIELDS)
+
+
+def file_name(process_index: int = 0, process_count: int = 1) -> str:
+  if process_count == 1:
+    return "samples.jsonl"
+  return f"samples.p{process_index}-of-{process_count}.jsonl"
+
+
+def _read_lines(path: str, repair: bool) -> list[dict]:
+  with open(path, "rb") as f:
+    data = f.read()
+  complete, _, partial = data.rpartition(b"\n")
+  if partial and repair:  # a write cut off mid-line: drop it so the file stays valid JSONL
+    with open(path, "r+b") as f:
+      f.truncate(len(complete) + (1 if complete else 0))
+  return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 class RecordStore:
-  def __init__(self, path: str):
-    self.path = path
+  """All records of a benchmark directory; appends go to this process's own file."""
+
+  def __init__(self, directory: str, process_index: int = 0, process_count: int = 1):
+    self.directory = directory
+    os.makedirs(directory, exist_ok=True)
+    self.path = os.path.join(directory, file_name(process_index, process_count))
     self.records: dict[tuple, dict] = {}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if os.path.exists(path):
-      self._load()
+    self.legacy = 0  # records without a fingerprint: ignored
+    for path in sorted(glob.glob(os.path.join(directory, PATTERN))):
+      for rec in _read_lines(path, repair=path == self.path):
+        if "fingerprint" not in rec:
+          self.legacy += 1
+          continue
+        self.records.setdefault(record_key(rec), rec)
 
-  def _load(self):
-    with open(self.path, "rb") as f:
-      data = f.read()
-    complete, _, partial = data.rpartition(b"\n")
-    if partial:  # a write cut off mid-line: drop it so the file stays valid JSONL
-      with open(self.path, "r+b") as f:
-        f.truncate(len(complete) + (1 if complete else 0))
-    for line in complete.splitlines():
-      if line.strip():
-        rec = json.loads(line)
-        self.records[record_key(rec)] = rec
-
-  def done(self, method: str, domain: str, seed: int) -> set[int]:
-    return {k[3] for k in self.records if k[:3] == (method, domain, seed)}
+  def done(self, fingerprint: str, method: str, domain: str, seed: int) -> set[int]:
+    head = (fingerprint, method, domain, seed)
+    return {k[4] for k in self.records if k[:4] == head}
 
   def append(self, recs: list[dict]) -> None:
     fresh = [r for r in recs if record_key(r) not in self.records]
@@ -51,4 +72,10 @@ class RecordStore:
       self.records[record_key(r)] = r
 
   def all(self) -> list[dict]:
-    return sorted(self.records.values(), key=record_key)
+    return sorted(self.records.values(), key=lambda r: tuple(str(x) for x in record_key(r)[:4])
+                  + (r["index"],))
+
+  def of_cells(self, fingerprints) -> list[dict]:
+    """Records whose fingerprint is one of `fingerprints` (this run's cells)."""
+    wanted = set(fingerprints)
+    return [r for r in self.all() if r["fingerprint"] in wanted]

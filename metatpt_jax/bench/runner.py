@@ -1,34 +1,93 @@
-"""The benchmark loop: methods x domains x seeds, resumable, with a results table and plots."""
+"""The benchmark loop: methods x domains x seeds, resumable, on every device and host.
+
+Each (method, domain, seed) cell has a fingerprint of everything that decides its results
+(`bench.fingerprint`); records are keyed by it, so a rerun resumes only its own setting and a
+changed setting is computed afresh (and said so). Samples are split over a mesh of this
+process's devices (`num_devices`, 0 = all); with several JAX processes (`jax.distributed`) each
+process owns a fixed contiguous slice of every cell's samples and writes its own records file, so
+processes never wait for each other until the final table. A sample's key is folded from its
+index in the domain, so its prediction does not depend on the device or process count.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from metatpt_jax import adapt, metatpt
+from metatpt_jax import adapt, metatpt, sharding, views
+from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
 from metatpt_jax.bench import report
 from metatpt_jax.clip import checkpoint
-from metatpt_jax.data import domains as domains_lib
+from metatpt_jax.data import benchmarks, domains as domains_lib, sources
+from metatpt_jax.errors import UserError
 
+LOG = logging.getLogger("metatpt_jax")
 
 # Module-level jitted wrappers: one compilation cache for every domain and seed of a run.
 _FIT_OFFLINE = jax.jit(metatpt.fit_offline_generator, static_argnums=(4, 5))
 _VIEWS_BEFORE_AFTER = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))
+SETTINGS_FILE = "settings.json"
 
 
 @dataclasses.dataclass
 class Job:
-  """One (method, domain, seed) cell of the benchmark."""
+  """One (method, domain, seed) cell of the benchmark and the fingerprint of its setting."""
   method: str
   domain: domains_lib.Domain
   seed: int
+  fingerprint: str
+  setting: dict
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise UserError(message)
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Rejects a malformed benchmark config before any work, naming the field and the fix."""
+  is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+  _require(is_int(cfg.batch_size) and cfg.batch_size >= 1,
+           f"--config.batch_size={cfg.batch_size!r}: give a positive number of samples per step.")
+  num_devices = cfg.get("num_devices", 0)
+  local = jax.local_device_count()
+  _require(is_int(num_devices) and 0 <= num_devices <= local,
+           f"--config.num_devices={num_devices!r}: give 0 (all {local} local devices) or a "
+           f"count from 1 to {local}.")
+  seeds = cfg.seeds
+  _require(isinstance(seeds, (tuple, list)) and len(seeds) > 0 and all(is_int(s) for s in seeds),
+           f"--config.seeds={seeds!r}: give a tuple of integers, e.g. --config.seeds='(0,1,2)'.")
+  doms = cfg.data.domains
+  _require(isinstance(doms, (tuple, list)) and len(doms) > 0
+           and all(isinstance(d, str) and d for d in doms),
+           f"--config.data.domains={doms!r}: give a tuple of domain strings, e.g. "
+           "--config.data.domains=\"('fashion_mnist:affine:3',)\".")
+  _require(is_int(cfg.data.num_images) and cfg.data.num_images >= 1,
+           f"--config.data.num_images={cfg.data.num_images!r}: give a positive count.")
+  sources.check_split(cfg.data.split)
+  canvas = cfg.data.get("canvas_size", 0)
+  _require(is_int(canvas) and canvas >= 0,
+           f"--config.data.canvas_size={canvas!r}: give 0 (views from the centre square) or the "
+           "side in pixels of the canvas full images are kept on (e.g. 512).")
+  _require(len(cfg.methods) > 0, "config.methods is empty: name at least one method.")
+  _require(bool(cfg.model.checkpoint), "--config.model.checkpoint is empty: give a checkpoint "
+           "directory or file (or a Hugging Face model id).")
+  _require(bool(cfg.output_dir), "--config.output_dir is empty: give a directory for results.")
+  for spec in doms:  # every domain string is checked before the first is loaded
+    if not spec.startswith(benchmarks.PREFIX + ":"):
+      domains_lib.parse_spec(spec)
+    else:
+      benchmarks.parse_paper_spec(spec)
 
 
 def load_model(cfg: ml_collections.ConfigDict):
@@ -39,80 +98,171 @@ def load_model(cfg: ml_collections.ConfigDict):
 def _paper_data_args(cfg: ml_collections.ConfigDict) -> dict:
   """Where the paper's datasets live (configs/paper.py sets these; older configs lack them)."""
   return dict(data_dir=cfg.data.get("data_dir") or None,
-              classnames_dir=cfg.data.get("classnames_dir") or None)
+              classnames_dir=cfg.data.get("classnames_dir") or None,
+              canvas_size=int(cfg.data.get("canvas_size", 0)))
 
 
-def _batches(todo: np.ndarray, batch_size: int):
+def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """A data mesh over this process's first `num_devices` devices (0: all of them)."""
+  devices = jax.local_devices()
+  return sharding.make_data_mesh(devices[:cfg.get("num_devices", 0) or len(devices)])
+
+
+def padded_batches(todo: np.ndarray, batch_size: int):
   """Index batches padded to `batch_size` by repeating the last index (one compiled shape)."""
   for start in range(0, len(todo), batch_size):
     idx = todo[start:start + batch_size]
     yield idx, np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
 
 
-def run_job(job: Job, step, state, store, batch_size, progress) -> None:
-  """Adapts every not-yet-recorded sample of the job's domain and appends the records."""
-  name = job.domain.name
-  done = store.done(job.method, name, job.seed)
-  todo = np.array([i for i in range(len(job.domain.labels)) if i not in done], dtype=np.int64)
-  progress.update(len(done))
-  key = methods_lib.domain_key(job.seed, name)
-  for real, padded in _batches(todo, batch_size):
-    images = job.domain.images[padded].astype(np.float32) / 255.0
-    batch = {"image": images, "index": padded.astype(np.int32)}
+def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
+  """Everything that decides the results of one cell (hashed into its fingerprint)."""
+  method = dict(kind=kind, spec=spec)
+  if kind == "metatpt" and spec.augment == "frozen":
+    method["offline_images"] = int(cfg.methods[name].offline_images)
+  paper = domain.name.startswith(benchmarks.PREFIX + ":")
+  data = dict(domain=domain.name, split="paper" if paper else cfg.data.split,
+              num_images=int(cfg.data.num_images), class_names=list(domain.class_names),
+              image_size=arch.vision.image_size,
+              canvas_size=int(cfg.data.get("canvas_size", 0)) if paper else None)
+  return dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
+              compute_dtype=cfg.model.compute_dtype,
+              prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None), data=data)
+
+
+class Settings:
+  """fingerprint -> setting, kept beside the records so a changed setting can be named."""
+
+  def __init__(self, directory: str, writer: bool):
+    self.path, self.writer = os.path.join(directory, SETTINGS_FILE), writer
+    self.known = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.known = json.load(f)
+
+  def add(self, fingerprint: str, setting: dict) -> None:
+    if fingerprint in self.known:
+      return
+    self.known[fingerprint] = fp_lib.plain(setting)
+    if self.writer:
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(self.known, f, indent=1, sort_keys=True, default=repr)
+      os.replace(tmp, self.path)
+
+
+def _note_other_settings(job: Job, store, settings: Settings) -> None:
+  """One line for each earlier setting of this cell whose records are kept but not used."""
+  head = (job.method, job.domain.name, job.seed)
+  others = {}
+  for key in store.records:
+    if key[1:4] == head and key[0] != job.fingerprint:
+      others[key[0]] = others.get(key[0], 0) + 1
+  for other, count in others.items():
+    old = settings.known.get(other)
+    changed = fp_lib.describe_change(old, job.setting) if old else "an unrecorded setting"
+    LOG.warning("%s on %s, seed %d: %d records of another setting (changed: %s) stay in the "
+                "file unused; this setting is computed afresh.", job.method, job.domain.name,
+                job.seed, count, changed)
+
+
+def run_job(job: Job, step, state, store, batch_size, progress, mesh) -> None:
+  """Adapts this process's not-yet-recorded samples of the job's cell and appends the records."""
+  n = len(job.domain.labels)
+  mine = np.arange(n)[sharding.process_slice(n)]
+  done = store.done(job.fingerprint, job.method, job.domain.name, job.seed)
+  todo = np.array([i for i in mine if i not in done], dtype=np.int64)
+  progress.update(len(mine) - len(todo))
+  key = methods_lib.domain_key(job.seed, job.domain.name)
+  data_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
+  for real, padded in padded_batches(todo, batch_size):
+    batch = dict(domains_lib.batch_inputs(job.domain, padded), index=padded.astype(np.int32))
+    batch = jax.device_put(batch, data_sharding)
     _, metrics = step(state, batch, key)
-    logits = np.asarray(metrics["logits"])[:len(real)]
+    logits = np.asarray(metrics["logits"])[:len(real)]  # padding is never recorded
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     recs = []
     for row, i in enumerate(real):
       pred, label = int(probs[row].argmax()), int(job.domain.labels[i])
-      recs.append(dict(method=job.method, domain=name, seed=job.seed, index=int(i), label=label,
-                       prediction=pred, correct=pred == label,
-                       confidence=float(probs[row].max())))
+      recs.append(dict(fingerprint=job.fingerprint, method=job.method, domain=job.domain.name,
+                       seed=job.seed, index=int(i), label=label, prediction=pred,
+                       correct=pred == label, confidence=float(probs[row].max())))
     store.append(recs)
     progress.update(len(real))
 
 
+def _sources(inputs: dict):
+  if "canvas" not in inputs:
+    return None
+  return views.Source(jnp.asarray(inputs["canvas"], jnp.float32) / 255,
+                      jnp.asarray(inputs["extent"], jnp.int32))
+
+
 def _offline_phi(state, spec, mspec, domain, seed, num_images):
   """Fits the offline generator on the first `num_images` test images (unlabeled), frozen after."""
-  images = jnp.asarray(domain.images[:num_images].astype(np.float32) / 255.0)
+  inputs = domains_lib.batch_inputs(domain, np.arange(min(num_images, len(domain.labels))))
   key = methods_lib.domain_key(seed, domain.name)
-  phi, _ = _FIT_OFFLINE(state.frozen, state.phi, images, key, spec, mspec)
+  phi, _ = _FIT_OFFLINE(state.frozen, state.phi, jnp.asarray(inputs["image"]), key, spec, mspec,
+                        _sources(inputs))
   return phi
 
 
+def _load_domain(cfg, spec_str, seed, arch):
+  return domains_lib.load_domain(spec_str, split=cfg.data.split, num_images=cfg.data.num_images,
+                                 seed=seed, image_size=arch.vision.image_size,
+                                 cache_dir=cfg.data.cache_dir or None, **_paper_data_args(cfg))
+
+
 def run(cfg: ml_collections.ConfigDict) -> str:
-  """Runs (or resumes) the benchmark described by `cfg`; returns the Markdown results."""
-  os.makedirs(cfg.output_dir, exist_ok=True)
+  """Runs (or resumes) the benchmark described by `cfg`; returns the Markdown results (the
+  empty string on processes other than 0, which write no table)."""
+  validate_config(cfg)
   params, arch, mspec = load_model(cfg)
   specs = {name: methods_lib.method_spec(mcfg) for name, mcfg in cfg.methods.items()}
   # Table order: zero-shot, TPT, then MetaTPT variants (ConfigDict iterates alphabetically).
   specs = dict(sorted(specs.items(), key=lambda kv: (methods_lib.KINDS.index(kv[1][0]), kv[0])))
-  store = records_lib.RecordStore(os.path.join(cfg.output_dir, "samples.jsonl"))
-  steps = {name: adapt.make_step(kind, spec, mspec) for name, (kind, spec) in specs.items()}
-  domain_names = []
-  total = len(cfg.seeds) * len(cfg.data.domains) * len(specs) * cfg.data.num_images
+  digest = fp_lib.params_digest(params)
+  mesh = make_mesh(cfg)
+  per_step = -(-cfg.batch_size // mesh.size) * mesh.size  # a multiple of the device count
+  pid, count = jax.process_index(), jax.process_count()
+  store = records_lib.RecordStore(cfg.output_dir, pid, count)
+  if store.legacy:
+    LOG.warning("%d records in %s carry no fingerprint (written by an older version); they are "
+                "ignored.", store.legacy, cfg.output_dir)
+  settings = Settings(cfg.output_dir, writer=pid == 0)
+  steps = {name: adapt.make_step(kind, spec, mspec, mesh=mesh)
+           for name, (kind, spec) in specs.items()}
+  fingerprints, domain_names = [], []
+  share = len(range(cfg.data.num_images)[sharding.process_slice(cfg.data.num_images)])
+  total = len(cfg.seeds) * len(cfg.data.domains) * len(specs) * share
   with tqdm(total=total, desc="bench", disable=not cfg.progress_bar) as progress:
     for seed in cfg.seeds:
       for spec_str in cfg.data.domains:
-        domain = domains_lib.load_domain(spec_str, split=cfg.data.split,
-                                         num_images=cfg.data.num_images, seed=seed,
-                                         image_size=arch.vision.image_size,
-                                         cache_dir=cfg.data.cache_dir or None,
-                                         **_paper_data_args(cfg))
+        domain = _load_domain(cfg, spec_str, seed, arch)
         domain_names.append(domain.name)
         for name, (kind, spec) in specs.items():
+          setting = cell_setting(cfg, name, kind, spec, domain, seed, digest, arch)
+          job = Job(name, domain, seed, fp_lib.fingerprint(setting), setting)
+          fingerprints.append(job.fingerprint)
+          _note_other_settings(job, store, settings)
+          settings.add(job.fingerprint, setting)
           state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, kind,
                                           spec, seed)
           if kind == "metatpt" and spec.augment == "frozen":
-            if len(store.done(name, domain.name, seed)) < len(domain.labels):
+            if len(store.done(job.fingerprint, name, domain.name, seed)) < len(domain.labels):
               state = state._replace(phi=_offline_phi(
                   state, spec, mspec, domain, seed, cfg.methods[name].offline_images))
+          state = sharding.replicate(mesh, state)
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
-          run_job(Job(name, domain, seed), steps[name], state, store, cfg.batch_size, progress)
+          run_job(job, steps[name], state, store, per_step, progress, mesh)
+  if count > 1:  # the table needs every process's records
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("metatpt-bench: all records written")
+  if pid != 0:
+    return ""
   domain_names = list(dict.fromkeys(domain_names))
-  # Only this run's cells: the store may also hold other seeds or methods of earlier runs.
-  mine = [r for r in store.all() if r["seed"] in tuple(cfg.seeds) and r["method"] in specs
-          and r["domain"] in domain_names]
+  # Only this run's cells: the directory may also hold other settings, seeds or methods.
+  mine = records_lib.RecordStore(cfg.output_dir).of_cells(fingerprints)
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
                               cfg.to_json_best_effort())
   if cfg.plot_views:
@@ -132,10 +282,13 @@ def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
   state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, "metatpt", spec,
                                   cfg.seeds[0])
   key = methods_lib.domain_key(cfg.seeds[0], domain.name)
-  pairs = [_VIEWS_BEFORE_AFTER(state.frozen, state.phi,
-                               jnp.asarray(img.astype(np.float32) / 255.0),
-                               jax.random.fold_in(key, i), spec, mspec)
-           for i, img in enumerate(domain.images)]
+  pairs = []
+  for i in range(len(domain.labels)):
+    inputs = domains_lib.batch_inputs(domain, np.array([i]))
+    source = _sources(inputs)
+    source = None if source is None else jax.tree.map(lambda x: x[0], source)
+    pairs.append(_VIEWS_BEFORE_AFTER(state.frozen, state.phi, jnp.asarray(inputs["image"][0]),
+                                     jax.random.fold_in(key, i), spec, mspec, source))
   before = np.stack([np.asarray(b[:num_views]) for b, _ in pairs])
   after = np.stack([np.asarray(a[:num_views]) for _, a in pairs])
   titles = [domain.class_names[l] for l in domain.labels]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from metatpt_jax.errors import UserError
 from metatpt_jax.clip.config import (CLIPArch, EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT,
                                      SOT_TOKEN_ID, TextArch, VisionArch)
 
@@ -32,7 +33,7 @@ _HF_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_l
                            hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint could not be read or does not fit the requested architecture."""
 
 

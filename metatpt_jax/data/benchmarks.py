@@ -31,7 +31,7 @@ import grain
 import numpy as np
 
 from metatpt_jax import sharding
-from metatpt_jax.clip import preprocess
+from metatpt_jax.errors import UserError
 from metatpt_jax.data import sources
 
 PREFIX = "paper"
@@ -85,13 +85,13 @@ IMAGENET_VARIANTS = tuple(n for n, b in BENCHMARKS.items() if b.family == "image
 CROSS_DATASETS = tuple(n for n, b in BENCHMARKS.items() if b.family == "cross")
 
 
-class ClassNamesError(ValueError):
+class ClassNamesError(UserError):
   """A class-name file disagrees with the dataset's labels."""
 
 
 def get_benchmark(name: str) -> Benchmark:
   if name not in BENCHMARKS:
-    raise ValueError(f"Unknown paper dataset {name!r}; valid names: {', '.join(BENCHMARKS)}.")
+    raise UserError(f"Unknown paper dataset {name!r}; valid names: {', '.join(BENCHMARKS)}.")
   return BENCHMARKS[name]
 
 
@@ -166,9 +166,8 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, ignored_ids, what: str):
   return keep, mapped[keep].astype(np.int32)
 
 
-def clip_square(image: np.ndarray, size: int) -> np.ndarray:
-  """A decoded image [H, W, C] (C 1 or 3, or [H, W]) -> [size, size, 3] uint8 as CLIP sees it:
-  shorter side resized to `size` (PIL bicubic), centre crop."""
+def as_rgb(image: np.ndarray) -> np.ndarray:
+  """A decoded image [H, W, C] (C 1, 3 or 4, or [H, W]) as RGB uint8 [H, W, 3]."""
   image = np.asarray(image, np.uint8)
   if image.ndim == 2:
     image = image[..., None]
@@ -176,44 +175,87 @@ def clip_square(image: np.ndarray, size: int) -> np.ndarray:
     image = np.repeat(image, 3, axis=-1)
   elif image.shape[-1] == 4:
     image = image[..., :3]
-  return preprocess.center_crop(preprocess.resize_shorter_side(image, size), size)
+  return image
+
+
+def clip_square(image: np.ndarray, size: int) -> np.ndarray:
+  """A decoded image -> [size, size, 3] uint8 as CLIP sees it (view 0): shorter side resized to
+  `size` (PIL bicubic), centre crop."""
+  return sources.square_image(as_rgb(image), size)
+
+
+def to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """A decoded image on a [canvas_size, canvas_size, 3] uint8 canvas (top-left, zero padding)
+  and its extent [2] int32 (height, width). Aspect ratio is kept; an image whose longer side
+  exceeds `canvas_size` is first shrunk to it (PIL bicubic, antialiased)."""
+  image = as_rgb(image)
+  height, width = image.shape[:2]
+  if max(height, width) > canvas_size:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    ratio = canvas_size / max(height, width)
+    new = (max(1, min(canvas_size, round(width * ratio))),
+           max(1, min(canvas_size, round(height * ratio))))
+    image = np.asarray(Image.fromarray(image).resize(new, Image.BICUBIC), np.uint8)
+    height, width = image.shape[:2]
+  canvas = np.zeros((canvas_size, canvas_size, 3), np.uint8)
+  canvas[:height, :width] = image
+  return canvas, np.array([height, width], np.int32)
+
+
+def view_inputs(image: np.ndarray, size: int, canvas_size: int) -> dict:
+  """What a method reads of one decoded image: view 0 ("image") and, with canvas_size > 0, the
+  full image the random views are cut from ("canvas", "extent")."""
+  out = {"image": clip_square(image, size)}
+  if canvas_size:
+    out["canvas"], out["extent"] = to_canvas(image, canvas_size)
+  return out
 
 
 class LazyImages:
-  """[N, S, S, 3] uint8 images read when indexed, as `np.ndarray` would return them.
+  """[N, S, S, 3] uint8 images (view 0) read when indexed, as `np.ndarray` would return them.
 
   Supports `len`, `shape`, `dtype`, iteration, and indexing by an int, a slice or an integer
-  array (several images are read in parallel threads).
+  array (several images are read in parallel threads). `batch(indices)` also returns the full
+  decoded images on their canvases (`view_inputs`) when the set was opened with a canvas.
   """
 
-  def __init__(self, dataset: grain.MapDataset, size: int):
+  def __init__(self, dataset: grain.MapDataset, size: int, canvas_size: int = 0):
     self._dataset = dataset
     self.shape = (len(dataset), size, size, 3)
     self.dtype = np.dtype(np.uint8)
+    self.canvas_size = canvas_size
 
   def __len__(self):
     return self.shape[0]
 
+  def batch(self, indices) -> dict:
+    """{"image": [B, S, S, 3] uint8, and "canvas" [B, M, M, 3] uint8, "extent" [B, 2]}."""
+    indices = np.asarray(indices).ravel()
+    with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
+      items = list(pool.map(lambda i: self._dataset[int(i)], indices))
+    if not items:
+      return {"image": np.zeros((0,) + self.shape[1:], np.uint8)}
+    return {k: np.stack([item[k] for item in items]) for k in items[0]}
+
   def __getitem__(self, key):
     if isinstance(key, (int, np.integer)):
-      return self._dataset[int(key)]
+      return self._dataset[int(key)]["image"]
     indices = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
-    with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
-      images = list(pool.map(lambda i: self._dataset[int(i)], indices.ravel()))
-    if not images:
-      return np.zeros((0,) + self.shape[1:], np.uint8)
-    return np.stack(images).reshape(indices.shape + self.shape[1:])
+    images = self.batch(indices)["image"]
+    return images.reshape(indices.shape + self.shape[1:])
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
 
 
 def lazy_images(read: Callable[[int], np.ndarray], positions: np.ndarray,
-                size: int) -> LazyImages:
-  """LazyImages over `read(positions[i])`, CLIP-resized to `size`."""
+                size: int, canvas_size: int = 0) -> LazyImages:
+  """LazyImages over `read(positions[i])`: view 0 CLIP-resized to `size`, and the full image on
+  a canvas when `canvas_size` > 0."""
   positions = np.asarray(positions, np.int64)
-  dataset = grain.MapDataset.source(positions).map(lambda p: clip_square(read(int(p)), size))
-  return LazyImages(dataset, size)
+  dataset = grain.MapDataset.source(positions).map(
+      lambda p: view_inputs(read(int(p)), size, canvas_size))
+  return LazyImages(dataset, size, canvas_size)
 
 
 class Records(NamedTuple):
@@ -278,35 +320,46 @@ def read_image_folder(bench: Benchmark, classes: dict, root: str) -> Records:
       if file.lower().endswith(sources.IMAGE_EXTENSIONS):
         paths.append(os.path.join(root, name, file))
         labels.append(index[name])
+  # Every file is decoded once before any work, so an unreadable one is skipped (one warning
+  # naming each) instead of aborting the run midway.
+  readable = readable_files(root, paths)
+  paths, labels = [paths[i] for i in readable], [labels[i] for i in readable]
   if not paths:
-    raise ValueError(f"{what} holds no images ({', '.join(sources.IMAGE_EXTENSIONS)}).")
+    raise UserError(f"{what} holds no readable images ({', '.join(sources.IMAGE_EXTENSIONS)}).")
+  return Records(lambda i: sources.decode_image(paths[i]), np.arange(len(paths), dtype=np.int64),
+                 np.asarray(labels, np.int32))
 
-  def read(i):
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    with Image.open(paths[i]) as im:
-      return np.asarray(im.convert("RGB"))
 
-  return Records(read, np.arange(len(paths), dtype=np.int64), np.asarray(labels, np.int32))
+@functools.lru_cache(maxsize=8)
+def _scan(root: str, paths: tuple) -> tuple:
+  decoded, failures = sources.decode_all(list(paths), _READ_THREADS)
+  sources.warn_unreadable(root, failures)
+  return tuple(i for i, im in enumerate(decoded) if im is not None)
+
+
+def readable_files(root: str, paths: list[str]) -> tuple:
+  """Positions of the files of `paths` that decode (once per process and folder listing)."""
+  return _scan(root, tuple(paths))
 
 
 def parse_paper_spec(spec: str) -> tuple[Benchmark, str | None]:
   """'paper:<name>[:<folder>]' -> (Benchmark, folder or None)."""
   head, _, rest = spec.partition(":")
   if head != PREFIX or not rest:
-    raise ValueError(f"Domain {spec!r}: expected 'paper:<name>' or 'paper:<name>:<folder>'; "
+    raise UserError(f"Domain {spec!r}: expected 'paper:<name>' or 'paper:<name>:<folder>'; "
                      f"names: {', '.join(BENCHMARKS)}.")
   name, _, folder = rest.partition(":")
   bench = get_benchmark(name)
   if bench.tfds_name is None and not folder:
-    raise ValueError(f"{name} has no tfds builder: give its image folder, e.g. "
+    raise UserError(f"{name} has no tfds builder: give its image folder, e.g. "
                      f"'paper:{name}:/data/{name}_test' (one sub-folder per class).")
   return bench, folder or None
 
 
 def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
                    image_size: int = 224, data_dir: str | None = None,
-                   classnames_dir: str | None = None, process_index: int | None = None,
-                   process_count: int | None = None):
+                   classnames_dir: str | None = None, process_index: int | None = 0,
+                   process_count: int | None = 1, canvas_size: int = 0):
   """Loads a paper dataset as a `domains.Domain` with lazily read images.
 
   Args:
@@ -316,8 +369,12 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
     image_size: side S of the images (arch.vision.image_size; 224 for ViT-B/16).
     data_dir: tfds data directory (default $METATPT_DATA_DIR or ~/tensorflow_datasets).
     classnames_dir: a directory of replacement `<name>.json` class-name files.
-    process_index, process_count: this process's share (default: JAX's); each process takes a
-      disjoint contiguous slice of the (subset's) images.
+    process_index, process_count: a share of the images (default: all of them; None: JAX's
+      process); each process then holds a disjoint contiguous slice of the subset. The
+      benchmark runner loads everything and slices the sample indices itself, so indices (and
+      keys) stay global.
+    canvas_size: > 0 keeps each decoded image on a canvas of this side (aspect preserved,
+      shrunk if larger) for TPT's random crops (`LazyImages.batch`); 0 keeps view 0 only.
   Returns:
     Domain(name=spec, images=LazyImages [N, S, S, 3] uint8, labels [N] int32, class_names).
   """
@@ -330,6 +387,6 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
     records = read_tfds(bench, classes, data_dir or tfds_builders.default_data_dir())
   keep = domains.stratified_subset(records.labels, num_images or len(records.labels), seed)
   keep = keep[sharding.process_slice(len(keep), process_index, process_count)]
-  images = lazy_images(records.read, records.positions[keep], image_size)
+  images = lazy_images(records.read, records.positions[keep], image_size, canvas_size)
   name = f"{PREFIX}:{bench.name}" + (f":{folder}" if folder else "")
   return domains.Domain(name, images, records.labels[keep], list(classes["classnames"]))

@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from metatpt_jax.errors import UserError
+
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
     "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
@@ -41,10 +43,10 @@ AFFINE_TRANSLATION = (0.03, 0.06, 0.09, 0.12, 0.15)
 
 def check_shift(name: str, severity: int) -> None:
   if name not in SHIFTS:
-    raise ValueError(f"Unknown corruption {name!r}; valid names: {', '.join(SHIFTS)} "
+    raise UserError(f"Unknown corruption {name!r}; valid names: {', '.join(SHIFTS)} "
                      f"(or 'clean').")
   if severity not in SEVERITIES:
-    raise ValueError(f"Severity must be one of {list(SEVERITIES)}, got {severity!r}.")
+    raise UserError(f"Severity must be one of {list(SEVERITIES)}, got {severity!r}.")
 
 
 def _import_imagecorruptions():

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from metatpt_jax.data import benchmarks, corruptions, sources, tfds_builders
+from metatpt_jax.errors import UserError
 
 PACKAGED_SOURCES = tuple(tfds_builders.BUILDERS)
 SOURCES = PACKAGED_SOURCES + ("folder", "paper")
@@ -60,7 +61,7 @@ def parse_spec(spec: str) -> DomainSpec:
   the valid names."""
   source, _, rest = spec.partition(":")
   if source not in SOURCES:
-    raise ValueError(f"Unknown source {source!r} in domain {spec!r}; valid sources: "
+    raise UserError(f"Unknown source {source!r} in domain {spec!r}; valid sources: "
                      f"{', '.join(SOURCES)}.")
   path = None
   parts = rest.split(":") if rest else []
@@ -73,17 +74,17 @@ def parse_spec(spec: str) -> DomainSpec:
     else:
       path, parts = rest, []
     if not path:
-      raise ValueError(f"Domain {spec!r}: give a folder path, e.g. 'folder:/data/pets'.")
+      raise UserError(f"Domain {spec!r}: give a folder path, e.g. 'folder:/data/pets'.")
   if not parts or parts == ["clean"]:
     return DomainSpec(source, path, "clean", 0)
   if len(parts) != 2:
-    raise ValueError(f"Domain {spec!r}: expected '<source>:clean' or "
+    raise UserError(f"Domain {spec!r}: expected '<source>:clean' or "
                      f"'<source>:<shift>:<severity>'.")
   name, severity = parts
   try:
     severity = int(severity)
   except ValueError as e:
-    raise ValueError(f"Domain {spec!r}: severity must be one of "
+    raise UserError(f"Domain {spec!r}: severity must be one of "
                      f"{list(corruptions.SEVERITIES)}, got {severity!r}.") from e
   corruptions.check_shift(name, severity)
   return DomainSpec(source, path, name, severity)
@@ -112,7 +113,7 @@ def load_source(source: str, split: str, image_size: int, path: str | None = Non
     images, labels, names = tfds_builders.load_packaged(source, split, data_dir)
     images = resize_images(images, image_size)
   else:
-    raise ValueError(f"Unknown source {source!r}; valid sources: {', '.join(SOURCES)}.")
+    raise UserError(f"Unknown source {source!r}; valid sources: {', '.join(SOURCES)}.")
   images.flags.writeable = False
   return images, labels, names
 
@@ -147,7 +148,8 @@ def _cache_path(cache_dir, name, split, num_images, seed, image_size):
 
 def load_domain(spec: str, *, split: str = "test", num_images: int | None = None,
                 seed: int = 0, image_size: int = 32, data_dir: str | None = None,
-                cache_dir: str | None = None, classnames_dir: str | None = None) -> Domain:
+                cache_dir: str | None = None, classnames_dir: str | None = None,
+                canvas_size: int = 0) -> Domain:
   """Loads the domain `spec` (grammar in the module docstring).
 
   Args:
@@ -160,6 +162,8 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
       ~/tensorflow_datasets).
     cache_dir: if given, shifted domains are stored there as .npz and reused.
     classnames_dir: paper datasets only: a directory of replacement class-name files.
+    canvas_size: paper datasets only: keep each decoded image on a canvas of this side for
+      TPT's random crops from the full image (0: view 0 only; see `batch_inputs`).
   Returns:
     Domain with images [N, S, S, 3] uint8 and labels [N] int32. For "paper:" specs `split` and
     `cache_dir` are unused (each dataset has its evaluation split) and images is a
@@ -168,7 +172,7 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
   if spec.startswith(benchmarks.PREFIX + ":"):
     return benchmarks.load_benchmark(spec, num_images=num_images, seed=seed,
                                      image_size=image_size, data_dir=data_dir,
-                                     classnames_dir=classnames_dir)
+                                     classnames_dir=classnames_dir, canvas_size=canvas_size)
   parsed = parse_spec(spec)
   sources.check_split(split)
   path = None if cache_dir is None else _cache_path(cache_dir, parsed.name, split, num_images,
@@ -187,3 +191,18 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
     os.makedirs(cache_dir, exist_ok=True)
     np.savez(path, images=images, labels=labels)
   return Domain(parsed.name, np.array(images), np.array(labels), list(names))
+
+
+def batch_inputs(domain: Domain, indices: np.ndarray) -> dict:
+  """A method's inputs for `indices` of the domain (an `adapt` batch without "index").
+
+  "image": [B, S, S, 3] float32 in [0, 1] (view 0); for paper datasets opened with a canvas,
+  also "canvas" [B, M, M, 3] uint8 and "extent" [B, 2] int32 (the full decoded images TPT's
+  random crops are cut from). The in-memory domains are square already: their views are cut
+  from the image itself.
+  """
+  if isinstance(domain.images, benchmarks.LazyImages):
+    raw = domain.images.batch(indices)
+  else:
+    raw = {"image": np.asarray(domain.images[indices])}
+  return dict(raw, image=raw["image"].astype(np.float32) / 255.0)

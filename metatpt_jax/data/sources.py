@@ -19,10 +19,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import logging
 import os
 import pickle
 
 import numpy as np
+
+from metatpt_jax import errors
+from metatpt_jax.errors import UserError
+
+LOG = logging.getLogger("metatpt_jax")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
@@ -39,13 +45,13 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
-class MissingSourceError(FileNotFoundError):
+class MissingSourceError(UserError, FileNotFoundError):
   """A data source is not installed; the message carries the exact install command."""
 
 
 def check_split(split: str) -> None:
   if split not in SPLITS:
-    raise ValueError(f"Unknown split {split!r}; valid splits: {list(SPLITS)}.")
+    raise UserError(f"Unknown split {split!r}; valid splits: {list(SPLITS)}.")
 
 
 def grey_to_rgb(images: np.ndarray) -> np.ndarray:
@@ -136,27 +142,52 @@ def _list_classes(root: str):
   classes = sorted(d for d in os.listdir(root)
                    if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
   if not classes:
-    raise ValueError(f"Image folder {root!r} has no class sub-folders; expected one sub-folder "
+    raise UserError(f"Image folder {root!r} has no class sub-folders; expected one sub-folder "
                      f"per class (e.g. {root}/cat/0001.png).")
   return classes
 
 
-def _load_square(path: str, size: int) -> np.ndarray:
-  """RGB image resized (shorter side) and centre-cropped to [size, size, 3] uint8, as CLIP does."""
-  from PIL import Image
+def decode_image(path: str) -> np.ndarray:
+  """The image file as RGB uint8 [H, W, 3] (fully decoded, so a truncated file fails here)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
   with Image.open(path) as im:
-    im = im.convert("RGB")
-    scale = size / min(im.size)
-    w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
-    im = im.resize((w, h), Image.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), np.uint8)
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def warn_unreadable(root: str, failures: list[tuple[str, str]]) -> None:
+  """One warning naming every unreadable file under `root` (they are skipped)."""
+  if failures:
+    names = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in failures)
+    LOG.warning("skipped %d unreadable image(s) in %s: %s", len(failures), root, names)
+
+
+def decode_all(paths: list[str], threads: int = 16):
+  """Decodes every file: (images or None per path, [(path, reason)] of the unreadable ones)."""
+  import concurrent.futures  # pylint: disable=import-outside-toplevel
+
+  def one(path):
+    try:
+      return decode_image(path), None
+    except Exception as err:  # pylint: disable=broad-except  # PIL raises many types
+      return None, f"{type(err).__name__}: {errors.one_line(err)}"
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    results = list(pool.map(one, paths))
+  failures = [(p, why) for p, (_, why) in zip(paths, results) if why is not None]
+  return [im for im, _ in results], failures
+
+
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+  """[H, W, 3] uint8 -> [size, size, 3] uint8 as CLIP sees it (PIL bicubic resize of the shorter
+  side, torchvision's centre crop)."""
+  from metatpt_jax.clip import preprocess  # pylint: disable=import-outside-toplevel
+  return preprocess.center_crop(preprocess.resize_shorter_side(image, size), size)
 
 
 def read_folder(root: str, split: str = "test", size: int = 32):
   """An image folder with one sub-folder per class (names: underscores read as spaces).
 
   With `train/` and `test/` sub-folders, `split` picks one; otherwise the folder is test-only.
+  Unreadable files are skipped with one warning that names each of them.
 
   Returns:
     images [N, size, size, 3] uint8, labels [N] int32, class names (sorted folder names).
@@ -168,17 +199,21 @@ def read_folder(root: str, split: str = "test", size: int = 32):
   if all(os.path.isdir(d) for d in split_dirs):
     root = os.path.join(root, split)
   elif split == "train":
-    raise ValueError(f"Image folder {root!r} has no train/ and test/ sub-folders, so it is a "
-                     f"test-only source; ask for split='test'.")
+    raise UserError(f"Image folder {root!r} has no train/ and test/ sub-folders, so it is a "
+                    f"test-only source; ask for split='test'.")
   classes = _list_classes(root)
-  images, labels = [], []
+  paths, labels = [], []
   for label, name in enumerate(classes):
     folder = os.path.join(root, name)
     for file in sorted(os.listdir(folder)):
       if file.lower().endswith(IMAGE_EXTENSIONS):
-        images.append(_load_square(os.path.join(folder, file), size))
+        paths.append(os.path.join(folder, file))
         labels.append(label)
-  if not images:
-    raise ValueError(f"Image folder {root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-  return (np.stack(images), np.asarray(labels, np.int32),
-          [c.replace("_", " ") for c in classes])
+  decoded, failures = decode_all(paths)
+  warn_unreadable(root, failures)
+  keep = [i for i, im in enumerate(decoded) if im is not None]
+  if not keep:
+    raise UserError(f"Image folder {root!r} holds no readable images "
+                    f"({', '.join(IMAGE_EXTENSIONS)}).")
+  return (np.stack([square_image(decoded[i], size) for i in keep]),
+          np.asarray(labels, np.int32)[keep], [c.replace("_", " ") for c in classes])

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metatpt_jax.data import sources
+from metatpt_jax.errors import UserError
 
 DATA_DIR_ENV = "METATPT_DATA_DIR"
 
@@ -90,7 +91,7 @@ BUILDERS = {"fashion_mnist": MetatptFashionMnist, "animal_mnist": MetatptAnimalM
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.GeneratorBasedBuilder:
   if name not in BUILDERS:
-    raise ValueError(f"Unknown packaged source {name!r}; valid names: {sorted(BUILDERS)}.")
+    raise UserError(f"Unknown packaged source {name!r}; valid names: {sorted(BUILDERS)}.")
   return BUILDERS[name](data_dir=data_dir or default_data_dir())
 
 

@@ -1,0 +1,64 @@
+"""What produced a benchmark record: a fingerprint of everything that decides a sample's result.
+
+A record's fingerprint hashes the resolved method spec (every field, defaults included), the
+checkpoint's content (a digest of the loaded parameters, so a renamed copy is the same model and
+a re-trained one is not), the model's compute dtype, the prompt config, the domain (name, split,
+subset size, class names, image size, full-image canvas size), the seed and `RECORD_VERSION`.
+Records are keyed by it, so a run resumes only records of exactly its own setting; a sweep by
+`--config.*` overrides computes each new setting afresh. What does not change a result is left
+out: batch size, device and process count, rematerialisation, progress bars, output paths.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+# Bump when a code change alters what a given setting computes (records of older versions are
+# then never reused). 2: TPT's views are cut from the full image (canvas), records carry a
+# fingerprint.
+RECORD_VERSION = 2
+
+
+def params_digest(params) -> str:
+  """sha256 of a parameter pytree's paths, dtypes, shapes and bytes (16 hex digits)."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    arr = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+    digest.update(arr.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def plain(value: Any) -> Any:
+  """JSON-able form of specs: NamedTuples become dicts (with their type name), tuples lists."""
+  if hasattr(value, "_asdict"):
+    return {"__type__": type(value).__name__,
+            **{k: plain(v) for k, v in value._asdict().items()}}
+  if isinstance(value, dict):
+    return {str(k): plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(v) for v in value]
+  if hasattr(value, "value") and hasattr(value, "name"):  # Enum
+    return value.value
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def fingerprint(setting: dict) -> str:
+  """16 hex digits identifying `setting` (a dict of plain values; order does not matter)."""
+  text = json.dumps(plain(dict(setting, record_version=RECORD_VERSION)), sort_keys=True,
+                    default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_change(old: dict, new: dict) -> str:
+  """Names the top-level fields that differ between two settings (for messages)."""
+  old, new = plain(old), plain(new)
+  keys = sorted(set(old) | set(new))
+  return ", ".join(k for k in keys if old.get(k) != new.get(k)) or "nothing"

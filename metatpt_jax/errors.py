@@ -1,0 +1,43 @@
+"""Errors a person can fix, and how commands report them.
+
+`UserError` marks bad input (a config field, a domain, a checkpoint, a data set, an image, a
+method spec): its message says what is wrong and how to fix it. Commands print it as one line on
+stderr and exit with status 2 (`report_and_exit`); METATPT_DEBUG=1 (or `--debug`) shows the
+traceback instead. It subclasses ValueError, so library callers that catch ValueError still do.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+EXIT_USAGE = 2
+DEBUG_ENV = "METATPT_DEBUG"
+
+
+class UserError(ValueError):
+  """Bad input; the message names the problem and the fix."""
+
+
+def one_line(exc: BaseException) -> str:
+  """The exception's message on a single line (newlines folded into '; ')."""
+  text = str(exc).strip() or type(exc).__name__
+  if isinstance(exc, KeyError) and exc.args:
+    text = str(exc.args[0])
+  return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def debug_enabled() -> bool:
+  return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def report_user_errors(program: str, kinds=(UserError, OSError)):
+  """Inside the block, an exception of `kinds` ends the program: one line on stderr, exit 2."""
+  try:
+    yield
+  except kinds as exc:  # pylint: disable=catching-non-exception
+    if debug_enabled():
+      raise
+    print(f"{program}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
