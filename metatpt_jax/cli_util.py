@@ -62,6 +62,8 @@ def parse_config(argv: list[str], config_flag, example: str):
   try:
     rest = flags.FLAGS(argv)
     value = config_flag.value
+    if value is not None:
+      value.keys()  # a config file that failed to load raises only when first used
   except flags.Error as err:
     raise UserError(f"{_config_error_text(err)} (usage: {example})") from err
   except (AttributeError, KeyError) as err:

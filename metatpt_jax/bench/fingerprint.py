@@ -10,6 +10,7 @@ out: batch size, device and process count, rematerialisation, progress bars, out
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -39,6 +40,9 @@ def plain(value: Any) -> Any:
   if hasattr(value, "_asdict"):
     return {"__type__": type(value).__name__,
             **{k: plain(v) for k, v in value._asdict().items()}}
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return {"__type__": type(value).__name__,
+            **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}}
   if isinstance(value, dict):
     return {str(k): plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
@@ -57,8 +61,21 @@ def fingerprint(setting: dict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _flatten(value, prefix=""):
+  if isinstance(value, dict):
+    out = {}
+    for k, v in value.items():
+      if k != "__type__":
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: value}
+
+
 def describe_change(old: dict, new: dict) -> str:
-  """Names the top-level fields that differ between two settings (for messages)."""
-  old, new = plain(old), plain(new)
-  keys = sorted(set(old) | set(new))
-  return ", ".join(k for k in keys if old.get(k) != new.get(k)) or "nothing"
+  """Names the fields that differ between two settings, e.g. 'method.spec.lr 0.005 -> 0.5'."""
+  old, new = _flatten(plain(old)), _flatten(plain(new))
+  changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  shown = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" if k != "data.class_names" else k
+           for k in changed[:4]]
+  return ", ".join(shown) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "") \
+      if changed else "nothing"
