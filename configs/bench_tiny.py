@@ -2,6 +2,7 @@
 
     metatpt-bench --config configs/bench_tiny.py --config.model.checkpoint=/tmp/tiny_clip
     metatpt-bench --config configs/bench_tiny.py:quick ...   # zero-shot, TPT, MetaTPT only
+    metatpt-bench --config configs/bench_tiny.py:tpt ...     # zero-shot and TPT only
 """
 from metatpt_jax.bench import defaults
 
@@ -18,10 +19,11 @@ def get_config(arg: str = ""):
   c.methods = defaults.all_methods(
       offline_images=4, generator=dict(defaults.metatpt_method().generator, hidden=8), **small)
   c.methods.tpt.update(small)
-  if arg == "quick":
-    c.methods = {k: c.methods[k] for k in ("zero_shot", "tpt", "metatpt")}
+  if arg in ("quick", "tpt"):
+    keep = ("zero_shot", "tpt", "metatpt") if arg == "quick" else ("zero_shot", "tpt")
+    c.methods = {k: c.methods[k] for k in keep}
   elif arg:
-    raise ValueError(f"Unknown variant {arg!r}; valid: '' or 'quick'.")
+    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'quick' or 'tpt'.")
   c.output_dir = "runs/bench_tiny"
   c.progress_bar = False
   return c

@@ -59,6 +59,7 @@ def _config_error_text(err: BaseException) -> str:
 
 def parse_config(argv: list[str], config_flag, example: str):
   """Parses `argv`; returns the config. Raises UserError for every flag or config problem."""
+  sys.argv = list(argv)  # config_flags finds the `--config.*` overrides in sys.argv
   try:
     rest = flags.FLAGS(argv)
     value = config_flag.value

@@ -44,10 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False)
   c.prompt = dict(n_ctx=4, init="a photo of a")
+  # canvas_size: paper datasets keep each decoded image (aspect kept, longer side at most this
+  # many pixels) for TPT's random crops, as the public code crops the full image; 0 crops from
+  # the centre square. The in-memory shifted domains are square: their crops need no canvas.
   c.data = dict(domains=("fashion_mnist:clean",), num_images=500, split="test",
-                cache_dir="runs/domain_cache")
+                cache_dir="runs/domain_cache", canvas_size=512)
   c.seeds = (0, 1, 2)  # tuples: overridable as --config.seeds="(0,)"
-  c.batch_size = 8
+  c.batch_size = 8  # per step, rounded up to a multiple of the device count
+  c.num_devices = 0  # 0: every local device; n: the first n
   c.methods = all_methods()
   c.output_dir = "runs/bench"
   c.progress_bar = True
