@@ -15,6 +15,7 @@ from PIL import Image
 from metatpt_jax.bench import records, runner
 from metatpt_jax.clip import checkpoint, config, hub, model
 from metatpt_jax.data import benchmarks, load_domain, sources
+from metatpt_jax.data.domains import batch_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Class counts as CLIP/CoOp/TPT evaluate them (Caltech101 without its background class).
@@ -168,6 +169,16 @@ def test_imagenet_a_labels_map_to_the_subset_and_processes_split_the_images(tmp_
     np.testing.assert_array_equal(np.concatenate([p.labels for p in parts]), whole.labels)
     np.testing.assert_array_equal(np.concatenate([p.images[:] for p in parts]), whole.images[:])
     assert [len(p.labels) for p in parts] == [3, 3, 2]
+    # With a canvas, each decoded image travels whole (aspect kept) for TPT's random crops.
+    full = load_domain("paper:imagenet_a", image_size=16, data_dir=str(tmp_path), canvas_size=64)
+    inputs = batch_inputs(full, np.array([0, 5]))
+    assert inputs["canvas"].shape == (2, 64, 64, 3) and inputs["image"].dtype == np.float32
+    decoded = _imagenet_a_source(None, None)
+    for row, i in enumerate((0, 5)):
+      h, w = decoded[i]["image"].shape[:2]
+      assert tuple(inputs["extent"][row]) == (h, w)
+      np.testing.assert_array_equal(inputs["canvas"][row, :h, :w], decoded[i]["image"])
+      assert not inputs["canvas"][row, h:].any() and not inputs["canvas"][row, :, w:].any()
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +195,7 @@ def _tiny(cfg, ckpt, out, num_images):
   cfg.batch_size = 4
   cfg.output_dir = str(out)
   cfg.progress_bar = False
+  cfg.data.canvas_size = 64  # the mock images are at most 51 px: kept whole, as decoded
   for name, method in cfg.methods.items():
     if name != "zero_shot":
       method.update(TINY_METHODS)
@@ -195,7 +207,7 @@ def _tiny(cfg, ckpt, out, num_images):
 def _check_results(out, num):
   results = json.loads((out / "results.json").read_text())
   assert set(results["summary"]) == {"zero_shot", "tpt", "metatpt"}
-  recs = records.RecordStore(str(out / "samples.jsonl")).all()
+  recs = records.RecordStore(str(out)).all()
   assert len(recs) == 3 * num
 
 
@@ -237,6 +249,7 @@ def test_folder_family_end_to_end_through_the_command(tiny_ckpt, tmp_path):
          f"--config.model.checkpoint={tiny_ckpt}",
          f"--config.data.domains=('paper:ucf101:{tmp_path / 'ucf'}',)",
          "--config.data.num_images=6", "--config.batch_size=3", "--config.progress_bar=False",
+         "--config.data.canvas_size=64",
          f"--config.output_dir={out}", *overrides]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, HF_HUB_OFFLINE="1"))

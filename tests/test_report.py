@@ -30,3 +30,31 @@ def test_incomplete_cells_are_left_out():
   recs = [_rec("m", 0, i, True, 0.9) for i in range(4)] + [_rec("m", 1, 0, False, 0.9)]
   kept = summarize.complete_records(recs, num_images=4)
   assert {r["seed"] for r in kept} == {0}
+
+
+def test_one_seed_shows_no_spread():
+  recs = [_rec("m", 0, i, i < 3, 0.8) for i in range(4)]
+  table = report.summary(report.aggregate(recs), ["m"], ["d"])
+  assert table["m"]["d/acc"] == (75.0, None)
+  assert "| m | 75.0 | 75.0 |" in report.markdown_table(table, ["m"], ["d"], "acc")
+
+
+def test_paired_differences_and_interval():
+  # method right where zero-shot is wrong on 2 of 4 samples, wrong where it is right on 1
+  zs = [True, False, False, True]
+  m = [True, True, True, False]
+  recs = [_rec("zero_shot", 0, i, c, 0.5) for i, c in enumerate(zs)] + \
+         [_rec("m", 0, i, c, 0.5) for i, c in enumerate(m)]
+  diffs = report.paired_differences(recs, ["zero_shot", "m"], ["d"])
+  d = np.array([0, 100, 100, -100], float)
+  mean, half, n = diffs["m"]["d"]
+  np.testing.assert_allclose(mean, 25.0)
+  np.testing.assert_allclose(half, 1.959964 * d.std(ddof=1) / 2)
+  assert n == 4 and diffs["m"]["mean"] == diffs["m"]["d"]
+  assert "zero_shot" not in diffs
+
+
+def test_domain_labels_tell_sources_apart():
+  labels = {report.domain_label(n) for n in ("fashion_mnist:affine:3", "animal_mnist:affine:3")}
+  assert len(labels) == 2
+  assert report.domain_label("folder:/data/pets:clean") == "pets clean"
