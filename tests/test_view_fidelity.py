@@ -189,3 +189,10 @@ def test_tpt_on_full_image_matches_torch_on_pil_views(tmp_path):
   # Two AdamW steps move each entry by ~lr = 5e-3; the views differ by < 1 grey level, so the
   # contexts agree to well under a tenth of one step.
   assert err < 5e-4
+
+
+def test_view_memory_grows_with_the_canvas():
+  from metatpt_jax.bench import view_memory  # pylint: disable=import-outside-toplevel
+  small = view_memory.measure(image_size=16, n_views=8, canvas=32)
+  large = view_memory.measure(image_size=16, n_views=8, canvas=128)
+  assert 0 < small["extra_mib"] < large["extra_mib"]

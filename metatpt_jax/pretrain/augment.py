@@ -1,9 +1,14 @@
 """Training augmentation in JAX, per image (vmap adds the batch axis).
 
-Why each part (../shared/docs/PILOT.md): without photometric changes in pretraining, contrast,
-fog and brightness shifts sat at chance; random resized crops in pretraining make TPT's crop
-views look like data the model has seen. Strengths stay moderate so that corrupted test domains
-remain shifts, not training conditions.
+Why each part: in pilots, without photometric changes in pretraining, contrast, fog and
+brightness shifts sat at chance; random resized crops in pretraining make TPT's crop views look
+like data the model has seen. Strengths stay moderate so that corrupted test domains remain
+shifts, not training conditions.
+
+Pretraining v2 (`apply_described`): after the mild crop/rotation/flip, each image gets one
+nameable transformation (`captions.DESCRIBED`) at a random strength, and its caption names it,
+so the text tower learns context words that describe the image: the lever TPT's context tuning
+pulls in real CLIP.
 """
 from __future__ import annotations
 
@@ -84,3 +89,78 @@ def augment_image(image: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDi
   k_geo, k_photo = jax.random.split(key)
   image = views.affine_warp(image, _geometric_theta(k_geo, cfg))
   return _photometric(image, k_photo, cfg)
+
+
+def described_config() -> ml_collections.ConfigDict:
+  """Strength ranges of the described transformations (uniform within each range)."""
+  return ml_collections.ConfigDict(dict(
+      blur_sigma=(0.7, 1.5),
+      noise_std=(0.06, 0.15),
+      dark_gain=(0.35, 0.65),
+      bright_shift=(0.25, 0.45),
+      low_contrast=(0.25, 0.5),
+      rotation_deg=(30.0, 90.0),  # either sign
+      small_scale=(0.45, 0.75),  # the object's side as a fraction of the frame
+  ))
+
+
+def _uniform(key, bounds):
+  return jax.random.uniform(key, (), minval=bounds[0], maxval=bounds[1])
+
+
+def _warp_on_black(img, theta):
+  """affine_warp with what falls outside the image black (the packaged sets' background), not
+  the border pixels repeated (which streaks objects that touch the frame)."""
+  n = img.shape[0]
+  grid = (jnp.arange(n, dtype=img.dtype) * 2 + 1) / n - 1
+  gu, gv = jnp.meshgrid(grid, grid, indexing="xy")
+  coords = jnp.stack([gu, gv, jnp.ones_like(gu)], -1) @ theta.T
+  inside = (jnp.abs(coords) <= 1).all(-1)[..., None]
+  return jnp.where(inside, views.affine_warp(img, theta), 0.0)
+
+
+def _described_ops(cfg):
+  """The transformations of `captions.DESCRIBED`, in order: fn(image, key) -> image."""
+  def rotated(img, key):
+    k1, k2 = jax.random.split(key)
+    angle = math.radians(1.0) * _uniform(k1, cfg.rotation_deg)
+    angle = jnp.where(jax.random.bernoulli(k2), angle, -angle)
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    return _warp_on_black(img, jnp.array([[c, -s, 0.0], [s, c, 0.0]]))
+
+  def small(img, key):
+    k1, k2 = jax.random.split(key)
+    scale = _uniform(k1, cfg.small_scale)
+    center = (1 - scale) * jax.random.uniform(k2, (2,), minval=-1.0, maxval=1.0)
+    # output u -> input (u - center) / scale: the whole image shrunk into a box at `center`
+    theta = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) / scale
+    theta = theta.at[:, 2].set(-center / scale)
+    return _warp_on_black(img, theta)
+
+  def low_contrast(img, key):
+    mean = img.mean()
+    return (img - mean) * _uniform(key, cfg.low_contrast) + mean
+
+  return (
+      lambda img, key: img,
+      lambda img, key: _blur(img, _uniform(key, cfg.blur_sigma)),
+      lambda img, key: img + _uniform(key, cfg.noise_std) * jax.random.normal(
+          jax.random.fold_in(key, 1), img.shape, img.dtype),
+      lambda img, key: img * _uniform(key, cfg.dark_gain),
+      lambda img, key: img + _uniform(key, cfg.bright_shift),
+      low_contrast,
+      rotated,
+      small,
+      lambda img, key: 1.0 - img,
+  )
+
+
+def apply_described(image: jax.Array, key: jax.Array, op: jax.Array,
+                    cfg: ml_collections.ConfigDict, described: ml_collections.ConfigDict):
+  """Pretraining v2: the mild geometric augmentation, then transformation `op` (an index into
+  `captions.DESCRIBED`) at a random strength. [S, S, 3] in [0, 1] -> same."""
+  chex.assert_rank(image, 3)
+  k_geo, k_op = jax.random.split(key)
+  image = views.affine_warp(image, _geometric_theta(k_geo, cfg))
+  image = jax.lax.switch(op, _described_ops(described), image, k_op)
+  return jnp.clip(image, 0.0, 1.0)

@@ -27,6 +27,24 @@ TEMPLATES = (
     "a silhouette of a {}.",
     "a {}.",
 )
+# "Described" captions (pretraining v2): each training image draws one of these transformations,
+# applied at a random strength (`augment.apply_described`), and its one caption is the template
+# that names it, the way web captions describe photos. TPT's prompt "a photo of a" is the
+# untransformed caption, so tuning the context can move the text toward "a blurry photo of a".
+DESCRIBED = (
+    ("none", "a photo of a {}."),
+    ("blur", "a blurry photo of a {}."),
+    ("noise", "a noisy photo of a {}."),
+    ("dark", "a dark photo of a {}."),
+    ("bright", "a bright photo of a {}."),
+    ("low_contrast", "a low contrast photo of a {}."),
+    ("rotated", "a rotated photo of a {}."),
+    ("small", "a small photo of a {}."),
+    ("inverted", "an inverted photo of a {}."),
+)
+DESCRIBED_NAMES = tuple(name for name, _ in DESCRIBED)
+DESCRIBED_TEMPLATES = tuple(template for _, template in DESCRIBED)
+
 # The zero-shot classifier at the end of pretraining averages these (a subset so the
 # evaluation also reads sentences the model saw with other wordings of the class).
 EVAL_TEMPLATES = TEMPLATES[:8]

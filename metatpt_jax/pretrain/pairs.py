@@ -68,20 +68,33 @@ def load_pairs(source_names, weights, image_size: int, make_captions, data_dir=N
 
 
 def sample_batch(data: PairData, seed: int, step: int, batch_size: int,
-                 captions_per_class: int = 0) -> dict:
+                 captions_per_class: int = 0, described_probs=None) -> dict:
   """One batch, a pure function of (seed, step).
 
   Args:
     captions_per_class: 0 pairs one caption with each image (K = B); k > 0 gives every
       class k captions with distinct random templates (K = C * k).
+    described_probs: pretraining v2: the probability of each transformation of
+      `captions.DESCRIBED` (the caption table's templates, in that order). Each image draws one
+      ("ops" [B]); its caption names it, and the contrastive label is (class, transformation),
+      so only identical captions count as matches of each other.
   Returns:
     dict(images [B, S, S, 3] uint8, labels [B] int32, token_ids [K, L] int32,
-    caption_labels [K] int32).
+    caption_labels [K] int32, and "ops" [B] int32 with described_probs).
   """
   rng = np.random.default_rng([seed, step])
   index = rng.choice(len(data.labels), batch_size, p=data.sample_prob)
   labels = data.labels[index]
   num_classes, num_templates = data.captions.shape[:2]
+  if described_probs is not None:
+    probs = np.asarray(described_probs, np.float64)
+    if len(probs) != num_templates:
+      raise ValueError(f"{len(probs)} transformation probabilities for {num_templates} "
+                       "described templates.")
+    ops = rng.choice(num_templates, batch_size, p=probs / probs.sum()).astype(np.int32)
+    combined = (labels * num_templates + ops).astype(np.int32)
+    return dict(images=data.images[index], labels=combined, token_ids=data.captions[labels, ops],
+                caption_labels=combined, ops=ops)
   if captions_per_class:
     caption_labels = np.repeat(np.arange(num_classes, dtype=np.int32), captions_per_class)
     template = np.concatenate([rng.permutation(num_templates)[:captions_per_class]

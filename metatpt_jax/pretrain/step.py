@@ -108,7 +108,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, arch: CLIPArch
   chex.assert_rank(batch["images"], 4)
   images = batch["images"].astype(jnp.float32) / 255.0
   keys = jax.random.split(key, images.shape[0])
-  images = jax.vmap(augment.augment_image, in_axes=(0, 0, None))(images, keys, config.augment)
+  if "ops" in batch:  # pretraining v2: one described transformation per image
+    images = jax.vmap(augment.apply_described, in_axes=(0, 0, 0, None, None))(
+        images, keys, batch["ops"], config.augment, config.described)
+  else:
+    images = jax.vmap(augment.augment_image, in_axes=(0, 0, None))(images, keys, config.augment)
   grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
   (loss, accuracy), grads = grad_fn(state.params, clip_normalize(images), batch, arch,
                                     config.contrastive_target)

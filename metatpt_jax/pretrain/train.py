@@ -32,9 +32,17 @@ def _log(workdir: str, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
 
 
+def _templates(config) -> tuple:
+  return captions.DESCRIBED_TEMPLATES if _described(config) else captions.TEMPLATES
+
+
+def _described(config) -> bool:
+  return config.get("captions", "templates") == "described"
+
+
 def _load_data(config, arch, tokenizer) -> pairs.PairData:
   make_captions = lambda names: captions.caption_table(
-      names, captions.TEMPLATES, tokenizer, arch.text.context_length)
+      names, _templates(config), tokenizer, arch.text.context_length)
   return pairs.load_pairs(tuple(config.sources), tuple(config.source_weights),
                           arch.vision.image_size, make_captions, config.data_dir or None,
                           config.max_train_images_per_source or None, config.seed)
@@ -60,7 +68,8 @@ def _train_loop(config, arch, data, workdir) -> tuple[step.TrainState, dict, dic
                     total=config.total_steps, desc="pretrain", disable=not config.progress_bar)
   for i in bar:
     batch = pairs.sample_batch(data, config.seed, i, config.batch_size,
-                               config.captions_per_class)
+                               config.captions_per_class,
+                               tuple(config.described_probs) if _described(config) else None)
     state, metrics = train_step(state, batch, jax.random.fold_in(base_key, i))
     done = i + 1
     info = dict(step=done, wall_time_s=wall_before + time.time() - begin)
@@ -97,7 +106,11 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
   nothing and returns {"steps", "finished": False}; rerun without it to finish.
   """
   arch = get_arch(config.arch)
-  if (config.contrastive_target == "paired") != (config.captions_per_class == 0):
+  if _described(config) and (config.captions_per_class or config.contrastive_target == "paired"):
+    raise ValueError("captions='described' needs captions_per_class=0 (one caption per image) "
+                     "and a class target ('class_any' or 'class_uniform') over identical captions.")
+  if not _described(config) and (
+      (config.contrastive_target == "paired") != (config.captions_per_class == 0)):
     raise ValueError("contrastive_target 'paired' needs captions_per_class=0 (one caption per "
                      "image), and the class targets need captions_per_class > 0.")
   workdir = config.workdir
@@ -114,7 +127,7 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
       batch_size=config.batch_size, wall_time_s=round(info["wall_time_s"], 1),
       data=dict(sources=list(config.sources), source_weights=list(config.source_weights),
                 split="train", num_images=int(len(data.labels)), class_names=data.class_names,
-                templates=list(captions.TEMPLATES)),
+                templates=list(_templates(config))),
       final_metrics=metrics,
       zero_shot_test=zero_shot_report(params, arch, config, tokenizer),
       eval_templates=list(captions.EVAL_TEMPLATES),
