@@ -1,0 +1,45 @@
+"""The offline world v2: checkpoints/small_clip_v2 (configs/pretrain_small_v2.py) on shifted
+Fashion-/Animal-MNIST images. Work in progress (issue 12): the variants below are the steps so
+far.
+
+    metatpt-bench --config configs/bench_small_v2.py:levels   # zero-shot on candidate test domains
+    metatpt-bench --config configs/bench_small_v2.py:dev      # TPT at published settings, train split
+
+`levels` measures only zero-shot accuracy, on held-out test images, to choose test domains by
+zero-shot level (40-75 %) alone, never by how a method does on them. `dev` runs on shifted
+*train* images (the development set: every setting is chosen there).
+"""
+from metatpt_jax.bench import defaults
+
+SOURCES = ("fashion_mnist", "animal_mnist")
+# Candidates: families the v2 captions describe (noise, blur, brightness, contrast, rotation,
+# scale), families they never mention, and the geometric shift.
+DESCRIBED_FAMILIES = ("gaussian_noise:3", "shot_noise:3", "defocus_blur:3", "gaussian_blur:3",
+                      "brightness:5", "contrast:3", "contrast:4", "affine:3", "affine:5")
+UNMENTIONED_FAMILIES = ("motion_blur:3", "zoom_blur:3", "elastic_transform:3", "pixelate:5",
+                        "jpeg_compression:5", "fog:3", "frost:3", "spatter:3", "saturate:5")
+CANDIDATES = tuple(f"{s}:{shift}" for s in SOURCES
+                   for shift in DESCRIBED_FAMILIES + UNMENTIONED_FAMILIES)
+DEV_DOMAINS = ("fashion_mnist:defocus_blur:3", "fashion_mnist:affine:3",
+               "animal_mnist:affine:3", "fashion_mnist:gaussian_noise:3")
+
+
+def get_config(arg: str = "levels"):
+  c = defaults.base_config()
+  c.model.checkpoint = "checkpoints/small_clip_v2"
+  c.seeds = (0,)
+  c.plot_views = False
+  if arg == "levels":
+    c.data.domains = CANDIDATES
+    c.data.num_images = 1000
+    c.methods = {"zero_shot": dict(kind="zero_shot")}
+    c.output_dir = "runs/bench_small_v2_levels"
+  elif arg == "dev":
+    c.data.split = "train"
+    c.data.domains = DEV_DOMAINS
+    c.data.num_images = 300
+    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method()}
+    c.output_dir = "runs/bench_small_v2_dev"
+  else:
+    raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev'.")
+  return c
