@@ -3,7 +3,9 @@ Fashion-/Animal-MNIST images. Work in progress (issue 12): the variants below ar
 far.
 
     metatpt-bench --config configs/bench_small_v2.py:levels   # zero-shot on candidate test domains
-    metatpt-bench --config configs/bench_small_v2.py:dev      # TPT at published settings, train split
+    metatpt-bench --config configs/bench_small_v2.py:dev      # published settings, train split
+    metatpt-bench --config configs/bench_small_v2.py:dev --config.model.checkpoint=\
+        checkpoints/small_clip --config.output_dir=runs/bench_small_v1_dev   # the v1 checkpoint
 
 `levels` measures only zero-shot accuracy, on held-out test images, to choose test domains by
 zero-shot level (40-75 %) alone, never by how a method does on them. `dev` runs on shifted
@@ -38,7 +40,8 @@ def get_config(arg: str = "levels"):
     c.data.split = "train"
     c.data.domains = DEV_DOMAINS
     c.data.num_images = 300
-    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method()}
+    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
+                 "metatpt": defaults.metatpt_method()}
     c.output_dir = "runs/bench_small_v2_dev"
   else:
     raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev'.")
