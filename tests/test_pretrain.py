@@ -127,3 +127,38 @@ def test_resumed_run_matches_uninterrupted(cli_run, tmp_path):
   resumed, _ = checkpoint.load_clip(tmp_path)
   uninterrupted, _ = checkpoint.load_clip(cli_run)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), resumed, uninterrupted)
+
+
+def test_described_batches_caption_the_transformation_drawn():
+  table = np.arange(3 * len(captions.DESCRIBED) * 4).reshape(3, len(captions.DESCRIBED), 4)
+  data = pairs.PairData(np.zeros((6, 8, 8, 3), np.uint8), np.array([0, 1, 2, 0, 1, 2], np.int32),
+                        np.full(6, 1 / 6), ["a", "b", "c"], table)
+  probs = [0.28] + [0.09] * (len(captions.DESCRIBED) - 1)
+  batch = pairs.sample_batch(data, 0, 3, 64, described_probs=probs)
+  again = pairs.sample_batch(data, 0, 3, 64, described_probs=probs)
+  np.testing.assert_array_equal(batch["ops"], again["ops"])  # a pure function of (seed, step)
+  cls = batch["labels"] // len(captions.DESCRIBED)
+  np.testing.assert_array_equal(batch["labels"] % len(captions.DESCRIBED), batch["ops"])
+  np.testing.assert_array_equal(batch["token_ids"], table[cls, batch["ops"]])
+  np.testing.assert_array_equal(batch["caption_labels"], batch["labels"])
+  assert len(set(batch["ops"].tolist())) > 4  # many transformations are drawn
+
+
+def test_each_described_transformation_changes_the_image():
+  rng = np.random.default_rng(0)
+  image = np.zeros((32, 32, 3), np.float32)
+  image[8:24, 10:22] = rng.uniform(0.5, 1.0, (16, 12, 3))  # an object on black
+  cfg = augment.default_config()
+  cfg.crop_prob, cfg.rotation_deg, cfg.flip_prob = 0.0, 0.0, 0.0  # no geometric jitter
+  fn = jax.jit(lambda im, k, op: augment.apply_described(im, k, op, cfg,
+                                                         augment.described_config()))
+  outs = [np.asarray(fn(jnp.asarray(image), jax.random.key(1), op))
+          for op in range(len(captions.DESCRIBED))]
+  np.testing.assert_allclose(outs[0], image, atol=1e-6)  # "none" leaves it as it is
+  for name, out in zip(captions.DESCRIBED_NAMES[1:], outs[1:]):
+    assert out.min() >= 0 and out.max() <= 1, name
+    assert np.abs(out - image).mean() > 0.01, name
+  np.testing.assert_allclose(outs[captions.DESCRIBED_NAMES.index("inverted")], 1 - image,
+                             atol=1e-6)
+  small = outs[captions.DESCRIBED_NAMES.index("small")]
+  assert (small > 0.05).sum() < 0.7 * (image > 0.05).sum()  # the object shrinks, not streaks
