@@ -123,7 +123,9 @@ def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=Non
   """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi from `source` (default: `image`),
   whose centred square is the generator's unit frame. Returns ([K+1, S, S, 3], penalty)."""
   thetas, _, penalty = generate_thetas(phi, spec, noise, feature)
-  source = views_lib.square_source(image) if source is None else source
-  warp = lambda t: views_lib.affine_warp(source.pixels, t, image.shape[0], source.extent)
+  if source is None:  # the image itself: its whole extent, no canvas
+    warp = lambda t: views_lib.affine_warp(image, t)
+  else:
+    warp = lambda t: views_lib.affine_warp(source.pixels, t, image.shape[0], source.extent)
   warped = jax.vmap(warp)(thetas).astype(image.dtype)
   return jnp.concatenate([image[None], warped], axis=0), penalty

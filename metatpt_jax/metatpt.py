@@ -70,7 +70,6 @@ def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: Met
   """The episode of one image: its view-0 feature (no gradient), K noise vectors from key and
   the source the views are cut from (default: the image itself)."""
   feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-  source = views.square_source(image) if source is None else source
   return Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1).astype(image.dtype),
                  source)
 
@@ -217,8 +216,6 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
     updates, opt_state = opt.update(grads, opt_state, phi)
     return (optax.apply_updates(phi, updates), opt_state), loss
 
-  if sources is None:
-    sources = jax.vmap(views.square_source)(images)
   (phi, _), stream_losses = jax.lax.scan(step, (phi, opt.init(phi)),
                                          (images, jnp.arange(images.shape[0]), sources))
   return phi, stream_losses
