@@ -1,4 +1,4 @@
-"""The learned augmentation generator G_phi of MetaTPT (../shared/docs/METHOD.md section 2).
+"""The learned augmentation generator G_phi of MetaTPT (README, "MetaTPT as implemented").
 
 G_phi maps K noise vectors z_k (and, optionally, the stop-gradient image feature) to K affine
 transforms built from named, bounded factors:

@@ -3,7 +3,7 @@
 The hypergradient is grad_{p, phi} L_out(p, phi), where L_out sees the views of the adapted
 generator phi'(phi, p) (`metatpt.outer_loss`). Second order differentiates through the inner
 update (d phi'/d phi = I - alpha * H_phi, d phi'/d p = -alpha * d^2 L_aux / d phi d p); first
-order stops the gradient at phi' (FOMAML). ../shared/docs/METHOD.md section 2, "When second
+order stops the gradient at phi' (FOMAML). README "MetaTPT as implemented", "When second
 order matters": the prompt's two gradients differ only if L_aux depends on p.
 
 Everything here is the gradient of the *first* outer step of `metatpt.metatpt_adapt_one_sample`:

@@ -1,4 +1,4 @@
-"""MetaTPT (arXiv 2512.12268) as specified in ../shared/docs/METHOD.md section 2.
+"""MetaTPT (arXiv 2512.12268) as reconstructed here (README, "MetaTPT as implemented").
 
 Per test image x, meta-parameters (p, phi) = (prompt context, augmentation generator):
 

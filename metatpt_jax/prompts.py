@@ -1,7 +1,7 @@
 """CoOp-style prompt learner: learnable context vectors in front of each class name.
 
 Text for class c is [SOT, ctx_1..ctx_n, <class-name tokens>, ".", EOT] as in CoOp and TPT
-(../shared/docs/METHOD.md section 1). The fixed parts (SOT prefix, class-name suffix, EOT
+(as TPT's public code builds it). The fixed parts (SOT prefix, class-name suffix, EOT
 positions) are a `PromptBank` of arrays built once on the host; the context is a plain
 [n_ctx, width] array, the only thing test-time tuning changes.
 """

@@ -2,7 +2,7 @@
 
 `CLIPArch` is a frozen (hashable) dataclass, so it can be a static argument of jitted
 functions and a field of Flax modules. Presets mirror OpenAI's released models
-(../shared/docs/METHOD.md section 0); `tiny` sizes exist only to make tests fast.
+(OpenAI CLIP's published configurations); `tiny` sizes exist only to make tests fast.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The vocabulary is rebuilt from OpenAI's merges file (shipped in ../assets under MIT): 256 byte
 symbols, the same 256 with the end-of-word marker "</w>", 48,894 merges, then <|startoftext|> and
-<|endoftext|>: 49,408 ids (../../shared/docs/METHOD.md section 0).
+<|endoftext|>: 49,408 ids (OpenAI CLIP's vocabulary).
 
 Text cleaning follows Hugging Face's `CLIPTokenizer` (the reference the tests check against),
 which differs from OpenAI's `clip.tokenize` on a few rare inputs; we never call ftfy, so ids do
