@@ -22,6 +22,17 @@ UNMENTIONED_FAMILIES = ("motion_blur:3", "zoom_blur:3", "elastic_transform:3", "
                         "jpeg_compression:5", "fog:3", "frost:3", "spatter:3", "saturate:5")
 CANDIDATES = tuple(f"{s}:{shift}" for s in SOURCES
                    for shift in DESCRIBED_FAMILIES + UNMENTIONED_FAMILIES)
+# Test domains, chosen by zero-shot level alone (the `levels` run, held-out test images): for each
+# source and family group, the candidate whose zero-shot accuracy is in 40-75 % and nearest to the
+# middle of that range, 57.5 % (Animal-MNIST has no blur candidate in range).
+FAMILY_GROUPS = dict(noise=("gaussian_noise", "shot_noise"), blur=("defocus_blur", "gaussian_blur"),
+                     photometric=("brightness", "contrast"), geometric=("affine",),
+                     unmentioned=("motion_blur", "elastic_transform", "pixelate", "frost",
+                                  "spatter", "saturate", "zoom_blur", "jpeg_compression", "fog"))
+TEST_DOMAINS = ("fashion_mnist:shot_noise:3", "fashion_mnist:gaussian_blur:3",
+                "fashion_mnist:brightness:5", "fashion_mnist:affine:3",
+                "fashion_mnist:saturate:5", "animal_mnist:gaussian_noise:3",
+                "animal_mnist:brightness:5", "animal_mnist:affine:3", "animal_mnist:saturate:5")
 DEV_DOMAINS = ("fashion_mnist:defocus_blur:3", "fashion_mnist:affine:3",
                "animal_mnist:affine:3", "fashion_mnist:gaussian_noise:3")
 
@@ -43,6 +54,29 @@ def get_config(arg: str = "levels"):
     c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
                  "metatpt": defaults.metatpt_method()}
     c.output_dir = "runs/bench_small_v2_dev"
+  elif arg == "dev_metatpt":
+    # MetaTPT variants at TPT's published settings (1 outer step at prompt lr 5e-3, 64 views),
+    # paired with TPT on the same dev images. At one outer step `selection` makes no difference.
+    c.data.split = "train"
+    c.data.domains = DEV_DOMAINS
+    c.data.num_images = 300
+    shift = dict(generator=dict(factor_shift=True), inner_step="normalized", inner_lr=0.5)
+    c.methods = {
+        "zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
+        "metatpt": defaults.metatpt_method(),
+        "metatpt_cons0": defaults.metatpt_method(consistency_weight=0.0),
+        "metatpt_shift": defaults.metatpt_method(**shift),
+        "metatpt_shift_agree": defaults.metatpt_method(**shift, aux_loss="confident_agreement"),
+        "metatpt_shift_agree_cons0": defaults.metatpt_method(
+            **shift, aux_loss="confident_agreement", consistency_weight=0.0),
+    }
+    c.output_dir = "runs/bench_small_v2_dev"
+  elif arg == "test":
+    c.data.domains = TEST_DOMAINS
+    c.data.num_images = 1000
+    c.seeds = (0, 1, 2)
+    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method()}
+    c.output_dir = "runs/bench_small_v2_test"
   else:
-    raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev'.")
+    raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev', 'test'.")
   return c

@@ -46,6 +46,10 @@ class GeneratorSpec(NamedTuple):
   max_shear: float = 0.3
   hidden: int = 64
   use_feature: bool = True
+  # A per-sample shift of every raw factor, shared by all K views (phi["shift"], starts at 0):
+  # a direct handle on the crop distribution (where the crops sit, how large, how rotated),
+  # which one inner step can move visibly, unlike the MLP behind its zero-initialised layer.
+  factor_shift: bool = False
 
 
 class _DeltaMLP(nn.Module):
@@ -61,7 +65,10 @@ class _DeltaMLP(nn.Module):
 def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dict:
   """Generator parameters phi (a pytree)."""
   in_dim = NUM_FACTORS + (feature_dim if spec.use_feature else 0)
-  return _DeltaMLP(spec.hidden).init(key, jnp.zeros((1, in_dim)))["params"]
+  params = dict(_DeltaMLP(spec.hidden).init(key, jnp.zeros((1, in_dim)))["params"])
+  if spec.factor_shift:
+    params["shift"] = jnp.zeros((NUM_FACTORS,))
+  return params
 
 
 def sample_noise(key: jax.Array, num: int) -> jax.Array:
@@ -79,7 +86,10 @@ def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array |
       raise ValueError("GeneratorSpec.use_feature=True needs the image feature f(x).")
     feat = jax.lax.stop_gradient(feature / jnp.linalg.norm(feature))
     inputs = jnp.concatenate([noise, jnp.broadcast_to(feat, (noise.shape[0],) + feat.shape)], -1)
-  delta = _DeltaMLP(spec.hidden).apply({"params": phi}, inputs)
+  mlp = {k: v for k, v in phi.items() if k != "shift"}
+  delta = _DeltaMLP(spec.hidden).apply({"params": mlp}, inputs)
+  if spec.factor_shift:
+    delta = delta + phi["shift"].astype(delta.dtype)
   return base + delta, delta
 
 

@@ -65,9 +65,14 @@ AUX_LOSSES: dict[str, Callable] = {
     "view_kl": lambda logits, feats: kl_from_reference(logits),
     "embedding_agreement": lambda logits, feats: embedding_disagreement(feats),
     "marginal_entropy": lambda logits, feats: marginal_entropy(logits),
+    # Confident views that keep the sample's content: each generated view's own entropy plus
+    # its disagreement with view 0 (a view may be sure, but of view 0's class).
+    "confident_agreement": lambda logits, feats: (jnp.mean(view_entropy(logits[1:]))
+                                                  + kl_from_reference(logits)),
 }
 # Which auxiliary losses need the prompt (and so give the prompt a second-order term).
-AUX_USES_PROMPT = {"view_kl": True, "embedding_agreement": False, "marginal_entropy": True}
+AUX_USES_PROMPT = {"view_kl": True, "embedding_agreement": False, "marginal_entropy": True,
+                   "confident_agreement": True}
 
 
 def consistency_on_kept(kept_logits: jax.Array, consistency_weight: float):

@@ -42,6 +42,12 @@ class MetaTPTSpec(NamedTuple):
   aux_penalty: float = 1.0           # weight of the generator's deviation penalty in L_aux
   consistency_weight: float = 1.0
   outer_steps: int = 1
+  # every_step: the confident views are chosen anew at every outer step (the reconstruction);
+  # first_step: chosen at the first outer step and kept (by view index), as TPT does.
+  selection: str = "every_step"
+  # sgd: phi' = phi - inner_lr * g; normalized: phi' = phi - inner_lr * g / ||g|| (a step of
+  # length inner_lr in parameter space, whatever the size of L_aux's gradient).
+  inner_step: str = "sgd"
   prompt_lr: float = 5e-3            # TPT's
   generator_lr: float = 1e-3
   weight_decay: float = 0.01
@@ -94,7 +100,11 @@ def inner_update(frozen, phi, ctx, ep, spec, mspec):
   adapted = phi
   for _ in range(spec.inner_steps):  # few, static steps: unrolled
     g = jax.grad(aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec)
-    adapted = jax.tree.map(lambda w, d: w - spec.inner_lr * d, adapted, g)
+    lr = spec.inner_lr
+    if spec.inner_step == "normalized":
+      norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(g)))
+      lr = lr / (norm + 1e-12)
+    adapted = jax.tree.map(lambda w, d: w - lr * d, adapted, g)
   return first_order(phi, adapted) if spec.order == "first" else adapted
 
 
@@ -104,40 +114,60 @@ def first_order(phi, adapted):
   return jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
 
 
-def consistency(frozen, feats, ctx, spec, mspec):
+def consistency(frozen, feats, ctx, spec, mspec, keep=None):
   """L_cons (confident-view entropy + consistency) of view features [K+1, E] under prompt ctx."""
+  return consistency_and_keep(frozen, feats, ctx, spec, mspec, keep)[0]
+
+
+def consistency_and_keep(frozen, feats, ctx, spec, mspec, keep=None):
+  """(L_cons, kept view indices) on fixed features; `keep` None selects the confident views."""
   view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
-  return losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
+  if keep is None:
+    keep = losses.select_confident(view_logits, spec.num_keep)
+  return losses.consistency_on_kept(view_logits[keep], spec.consistency_weight), keep
 
 
-def consistency_on_generated(frozen, phi, ctx, ep, spec, mspec):
+def consistency_on_generated(frozen, phi, ctx, ep, spec, mspec, keep=None):
   """L_cons on the views G_phi makes of the episode's image (gradient to phi and ctx)."""
+  return generated_consistency_and_keep(frozen, phi, ctx, ep, spec, mspec, keep)[0]
+
+
+def generated_consistency_and_keep(frozen, phi, ctx, ep, spec, mspec, keep=None):
+  """(L_cons on G_phi's views, kept view indices); `keep` None selects the confident views."""
   if not spec.recompute_kept:
     feats, _ = view_features(frozen, phi, ep, spec, mspec)
-    return consistency(frozen, feats, ctx, spec, mspec)
+    return consistency_and_keep(frozen, feats, ctx, spec, mspec, keep)
   all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0,
                                    ep.source)
   text = class_features(frozen, ctx, mspec)
-  # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
-  feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec))
-  feats = jnp.concatenate([ep.feature0[None], feats], axis=0)
-  keep = losses.select_confident(logits(frozen, feats, jax.lax.stop_gradient(text)),
-                                 spec.num_keep)
+  if keep is None:
+    # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
+    feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec))
+    feats = jnp.concatenate([ep.feature0[None], feats], axis=0)
+    keep = losses.select_confident(logits(frozen, feats, jax.lax.stop_gradient(text)),
+                                   spec.num_keep)
   # Gradient pass over the kept views only (view 0, if kept, is the image: its gradient is 0).
   kept = encode_images(frozen, all_views[keep], mspec, remat=mspec.remat)
-  return losses.consistency_on_kept(logits(frozen, kept, text), spec.consistency_weight)
+  return losses.consistency_on_kept(logits(frozen, kept, text), spec.consistency_weight), keep
 
 
-def outer_loss(frozen, meta, ep, spec, mspec):
+def outer_loss(frozen, meta, ep, spec, mspec, keep=None):
   """L_out(p, phi) for meta = {"ctx": p, "phi": phi}, through the inner update."""
+  return outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep)[0]
+
+
+def outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None):
+  """(L_out, kept view indices); `keep` None selects the confident views of this step."""
   ctx, phi = meta["ctx"], meta["phi"]
   if spec.schedule == "joint":  # one stage: L_aux + L_out on the same views, no inner step
     feats, penalty = view_features(frozen, phi, ep, spec, mspec)
     view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
     aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
-    return aux + losses.consistency_loss(view_logits, spec.num_keep, spec.consistency_weight)
+    if keep is None:
+      keep = losses.select_confident(view_logits, spec.num_keep)
+    return aux + losses.consistency_on_kept(view_logits[keep], spec.consistency_weight), keep
   adapted = inner_update(frozen, phi, ctx, ep, spec, mspec)
-  return consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
+  return generated_consistency_and_keep(frozen, adapted, ctx, ep, spec, mspec, keep)
 
 
 def make_meta_optimizer(spec: MetaTPTSpec):
@@ -146,15 +176,26 @@ def make_meta_optimizer(spec: MetaTPTSpec):
                                {"ctx": "ctx", "phi": "phi"})
 
 
-def _tune(loss_fn, meta, steps, optimizer):
-  """`steps` AdamW steps of loss_fn(meta) from a fresh optimiser state; returns (meta, loss0)."""
+def _tune(loss_fn, meta, steps, optimizer, select_once: bool = False):
+  """`steps` AdamW steps of loss_fn(meta, keep) -> (loss, keep) from a fresh optimiser state.
+
+  The first step selects the confident views (keep=None); with `select_once` later steps reuse
+  that selection, otherwise each step selects anew. Returns (meta, first loss).
+  """
+  def update(meta, opt_state, keep):
+    (loss, keep), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta, keep)
+    updates, opt_state = optimizer.update(grads, opt_state, meta)
+    return optax.apply_updates(meta, updates), opt_state, loss, keep
+
+  meta, opt_state, loss0, keep = update(meta, optimizer.init(meta), None)
+
   def step(carry, _):
     meta, opt_state = carry
-    loss, grads = jax.value_and_grad(loss_fn)(meta)
-    updates, opt_state = optimizer.update(grads, opt_state, meta)
-    return (optax.apply_updates(meta, updates), opt_state), loss
-  (meta, _), step_losses = jax.lax.scan(step, (meta, optimizer.init(meta)), None, length=steps)
-  return meta, step_losses[0]
+    meta, opt_state, loss, _ = update(meta, opt_state, keep if select_once else None)
+    return (meta, opt_state), loss
+
+  (meta, _), _ = jax.lax.scan(step, (meta, opt_state), None, length=steps - 1)
+  return meta, loss0
 
 
 def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
@@ -180,15 +221,18 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
   if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
     all_views = views.tpt_views(image, key, spec.n_views, ep.source)
     feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
-    loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
+    loss_fn = lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec, mspec,
+                                                      keep)
   else:
     if spec.augment == "frozen":  # offline generator: views fixed by phi, only p tuned
       feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
-      loss_fn = lambda meta: consistency(frozen, feats, meta["ctx"], spec, mspec)
+      loss_fn = lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec,
+                                                        mspec, keep)
     else:
-      loss_fn = lambda meta: outer_loss(frozen, meta, ep, spec, mspec)
+      loss_fn = lambda meta, keep: outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep)
   meta = {"ctx": frozen.ctx_init, "phi": phi}
-  meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec))
+  meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec),
+                      select_once=spec.selection == "first_step")
   final = logits(frozen, ep.feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
   return final, dict(loss=loss0, phi=meta["phi"])
 

@@ -46,7 +46,8 @@ def method_spec(cfg: ml_collections.ConfigDict):
 
 def _check_metatpt(spec: metatpt.MetaTPTSpec) -> None:
   choices = dict(augment=("learned", "fixed", "frozen"), schedule=("dual_loop", "joint"),
-                 order=("second", "first"))
+                 order=("second", "first"), selection=("every_step", "first_step"),
+                 inner_step=("sgd", "normalized"))
   for name, valid in choices.items():
     if getattr(spec, name) not in valid:
       raise UserError(f"MetaTPT {name}={getattr(spec, name)!r}; choose one of {valid}.")

@@ -1,0 +1,107 @@
+"""The MetaTPT variants of issue 12: selection once or every step, a normalised inner step, a
+per-sample factor shift in the generator, and the content-keeping inner objective."""
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metatpt_jax import generator as gen
+from metatpt_jax import losses, metatpt
+from metatpt_jax.bench import methods as methods_lib
+from metatpt_jax.errors import UserError
+from tests.method_helpers import init_phi, random_images, tiny_frozen
+
+SPEC = metatpt.MetaTPTSpec(n_views=16, selection_ratio=0.25)
+
+
+def _adapt(spec, seed=0, logit_scale=30.0):
+  frozen, mspec = tiny_frozen(logit_scale=logit_scale)
+  image = random_images(seed, 1)[0]
+  phi = init_phi(spec)
+  fn = jax.jit(lambda f, p, x, k: metatpt.metatpt_adapt_one_sample(f, p, x, k, spec, mspec))
+  return fn(frozen, phi, image, jax.random.key(seed))
+
+
+def test_selection_once_equals_every_step_at_one_outer_step():
+  a, _ = _adapt(SPEC._replace(selection="every_step"))
+  b, _ = _adapt(SPEC._replace(selection="first_step"))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_selection_once_keeps_the_first_steps_views():
+  """With fixed features, selecting once equals tuning on the first step's kept views; where the
+  confident set moves during tuning, re-selecting at every step takes another path."""
+  frozen, mspec = tiny_frozen(logit_scale=1.0)  # soft predictions: the entropies move
+  spec = SPEC._replace(augment="fixed", outer_steps=4, prompt_lr=0.1, selection="first_step")
+  opt = metatpt.make_meta_optimizer(spec)
+  meta = {"ctx": frozen.ctx_init, "phi": None}
+  differs = []
+  for seed in range(4):
+    feats = jax.random.normal(jax.random.key(seed), (spec.n_views, 16))
+    loss = lambda m, k: metatpt.consistency_and_keep(frozen, feats, m["ctx"], spec, mspec, k)
+    _, keep = loss(meta, None)
+    m_once, _ = metatpt._tune(loss, meta, spec.outer_steps, opt, select_once=True)
+    m_fixed, _ = metatpt._tune(lambda m, k: loss(m, keep), meta, spec.outer_steps, opt)
+    m_every, _ = metatpt._tune(loss, meta, spec.outer_steps, opt, select_once=False)
+    np.testing.assert_allclose(np.asarray(m_once["ctx"]), np.asarray(m_fixed["ctx"]), atol=1e-6)
+    differs.append(not np.allclose(np.asarray(m_once["ctx"]), np.asarray(m_every["ctx"]),
+                                   atol=1e-4))
+  assert any(differs), "the confident set never moved: the test cannot tell the modes apart"
+
+
+def test_normalized_inner_step_has_length_inner_lr():
+  frozen, mspec = tiny_frozen(logit_scale=30.0)
+  spec = SPEC._replace(inner_step="normalized", inner_lr=0.5,
+                       generator=gen.GeneratorSpec(factor_shift=True))
+  image = random_images(1, 1)[0]
+  ep = metatpt.make_episode(frozen, image, jax.random.key(0), spec, mspec)
+  phi = init_phi(spec)
+  adapted = metatpt.inner_update(frozen, phi, frozen.ctx_init, ep, spec, mspec)
+  step = jax.tree.map(lambda a, b: a - b, adapted, phi)
+  length = float(jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(step))))
+  assert length == pytest.approx(0.5, rel=1e-4)
+
+
+@pytest.mark.parametrize("logit_scale", [3.0, 30.0])
+def test_normalized_step_on_the_factor_shift_moves_the_views(logit_scale):
+  """Whatever the size of L_aux's gradient (here from 0.4 to 3e11 on the random tiny model),
+  one normalised inner step on the factor shift moves every generated view."""
+  frozen, mspec = tiny_frozen(logit_scale=logit_scale)
+  image = random_images(2, 1)[0]
+  spec = SPEC._replace(inner_step="normalized", inner_lr=0.5,
+                       generator=gen.GeneratorSpec(factor_shift=True))
+  before, after = metatpt.views_before_and_after_inner(
+      frozen, init_phi(spec), image, jax.random.key(0), spec, mspec)
+  change = np.asarray(jnp.mean(jnp.abs(after - before), axis=(1, 2, 3)))
+  assert change[0] == 0.0  # view 0 is the image
+  assert change[1:].min() > 1e-2, change
+
+
+def test_factor_shift_starts_at_the_base_distribution():
+  spec = gen.GeneratorSpec(factor_shift=True)
+  phi = gen.init_generator(jax.random.key(0), spec, 16)
+  plain = gen.init_generator(jax.random.key(0), gen.GeneratorSpec(), 16)
+  noise = gen.sample_noise(jax.random.key(1), 8)
+  feature = jax.random.normal(jax.random.key(2), (16,))
+  a, _, _ = gen.generate_thetas(phi, spec, noise, feature)
+  b, _, _ = gen.generate_thetas(plain, gen.GeneratorSpec(), noise, feature)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(phi["shift"]), np.zeros(gen.NUM_FACTORS))
+
+
+def test_confident_agreement_values():
+  c = 5
+  same = jnp.tile(jnp.array([[4.0, 0, 0, 0, 0]]), (4, 1))
+  uniform = jnp.zeros((4, c))
+  aux = losses.get_aux_loss("confident_agreement")
+  # identical views: no disagreement, only their entropy; uniform views: entropy log C
+  np.testing.assert_allclose(aux(same, None), losses.view_entropy(same)[0], rtol=1e-6)
+  np.testing.assert_allclose(aux(uniform, None), np.log(c), rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,value", [("selection", "once"), ("inner_step", "adam")])
+def test_variant_typos_are_refused(field, value):
+  cfg = ml_collections.ConfigDict(dict(kind="metatpt", **{field: value}))
+  with pytest.raises(UserError, match=field):
+    methods_lib.method_spec(cfg)
