@@ -6,7 +6,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test install data demo bench clean
+.PHONY: test install data demo bench clean folder-domain
+FOLDER_DOMAIN := runs/folder_domains/fashion_mnist_motion_blur_3_jpeg
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +30,19 @@ $(FASHION_MNIST):
 	fi
 
 test: $(STAMP) data
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP) data
 	$(VENV)/bin/metatpt-bench --config configs/bench_small.py:demo
 
 bench: $(STAMP) data
 	$(VENV)/bin/metatpt-bench --config configs/bench_small.py
+
+# The image-folder test domain of configs/bench_small_v2.py:test (3,000 JPEG files, 12 MB).
+folder-domain: $(FOLDER_DOMAIN)
+$(FOLDER_DOMAIN): | $(STAMP) data
+	$(VENV)/bin/python -m metatpt_jax.data.export --domain=fashion_mnist:motion_blur:3 \
+	  --num_images=3000 --size=64 --quality=60 --out=$(FOLDER_DOMAIN)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

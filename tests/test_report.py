@@ -58,3 +58,24 @@ def test_domain_labels_tell_sources_apart():
   labels = {report.domain_label(n) for n in ("fashion_mnist:affine:3", "animal_mnist:affine:3")}
   assert len(labels) == 2
   assert report.domain_label("folder:/data/pets:clean") == "pets clean"
+
+
+def test_settings_are_labelled_across_domains_and_seeds_not_per_cell():
+  """Each cell has its own fingerprint; one setting spans many cells. Two lrs of one method name
+  are two rows, whatever the number of domains and seeds."""
+  def setting(lr, domain, seed):
+    return dict(method=dict(kind="tpt", spec=dict(lr=lr)), seed=seed,
+                data=dict(domain=domain, class_names=[domain], num_images=4))
+  settings, recs = {}, []
+  for lr in (0.005, 0.05):
+    for domain in ("a", "b"):
+      for seed in (0, 1):
+        fp = f"{lr}-{domain}-{seed}"
+        settings[fp] = setting(lr, domain, seed)
+        recs += [dict(_rec("tpt", seed, i, True, 0.9, domain), fingerprint=fp) for i in range(4)]
+  names = {r["method"] for r in summarize.label_settings(recs, settings)}
+  assert len(names) == 2 and all(n.startswith("tpt@") for n in names)
+  one = [r for r in recs if r["fingerprint"].startswith("0.005")]
+  assert {r["method"] for r in summarize.label_settings(one, settings)} == {"tpt"}
+  # without settings.json every fingerprint stays apart (never mixed)
+  assert len({r["method"] for r in summarize.label_settings(recs)}) == 8

@@ -20,6 +20,8 @@ KEY_FIELDS = ("fingerprint", "method", "domain", "seed", "index")
 PATTERN = "samples*.jsonl"
 
 
+SETTINGS_FILE = "settings.json"  # fingerprint -> setting, beside the records
+
 def record_key(rec: dict) -> tuple:
   return tuple(rec.get(f) for f in KEY_FIELDS)
 

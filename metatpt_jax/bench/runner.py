@@ -36,7 +36,6 @@ LOG = logging.getLogger("metatpt_jax")
 # Module-level jitted wrappers: one compilation cache for every domain and seed of a run.
 _FIT_OFFLINE = jax.jit(metatpt.fit_offline_generator, static_argnums=(4, 5))
 _VIEWS_BEFORE_AFTER = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))
-SETTINGS_FILE = "settings.json"
 
 
 @dataclasses.dataclass
@@ -134,7 +133,7 @@ class Settings:
   """fingerprint -> setting, kept beside the records so a changed setting can be named."""
 
   def __init__(self, directory: str, writer: bool):
-    self.path, self.writer = os.path.join(directory, SETTINGS_FILE), writer
+    self.path, self.writer = os.path.join(directory, records_lib.SETTINGS_FILE), writer
     self.known = {}
     if os.path.exists(self.path):
       with open(self.path) as f:
