@@ -270,11 +270,13 @@ def run(cfg: ml_collections.ConfigDict) -> str:
 
 
 def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
-  """Views of a few samples before/after MetaTPT's inner loop (the first learned MetaTPT)."""
+  """Views of a few samples before/after the inner loop, one figure per learned MetaTPT."""
   learned = [(n, s) for n, (k, s) in specs.items() if k == "metatpt" and s.augment == "learned"]
-  if not learned:
-    return
-  name, spec = learned[0]
+  for name, spec in learned:
+    _plot_views_of(cfg, params, arch, mspec, name, spec, num_samples, num_views)
+
+
+def _plot_views_of(cfg, params, arch, mspec, name, spec, num_samples, num_views):
   domain = domains_lib.load_domain(cfg.data.domains[0], split=cfg.data.split,
                                    num_images=num_samples, seed=cfg.seeds[0],
                                    image_size=arch.vision.image_size, **_paper_data_args(cfg))
