@@ -33,7 +33,7 @@ test: $(STAMP) data
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP) data
-	$(VENV)/bin/metatpt-bench --config configs/bench_small.py:demo
+	$(VENV)/bin/metatpt-bench --config configs/bench_small_v2.py:demo
 
 bench: $(STAMP) data
 	$(VENV)/bin/metatpt-bench --config configs/bench_small.py
