@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metatpt_jax.data import corruptions, domains, sources, tfds_builders
+from metatpt_jax.data import corruptions, domains, export, sources, tfds_builders
+from metatpt_jax.errors import UserError
 from metatpt_jax.data import load_domain, parse_spec
 
 
@@ -150,3 +151,20 @@ def test_missing_sources_name_the_install_command(monkeypatch, tmp_path):
   monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
   with pytest.raises(sources.MissingSourceError, match="pip install --no-deps animal-mnist"):
     sources.read_animal_mnist("test")
+
+
+def test_exported_folder_reads_back_through_the_folder_path(tmp_path):
+  """data.export writes a domain as class folders; `folder:` reads the same labels back."""
+  rng = np.random.default_rng(0)
+  names = ["ankle boot", "bag", "coat"]
+  labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+  images = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+  root = str(tmp_path / "exported")
+  assert export.write_image_folder(domains.Domain("d", images, labels, names), root) == 6
+  back = domains.load_domain(f"folder:{root}", image_size=16)
+  assert back.class_names == names  # sorted folder names, underscores read as spaces
+  assert sorted(back.labels.tolist()) == sorted(labels.tolist())
+  # JPEG is lossy but close on these pixels; mean error of a few grey levels
+  assert np.abs(back.images.astype(float).mean() - images.astype(float).mean()) < 5
+  with pytest.raises(UserError, match="exists"):
+    export.write_image_folder(domains.Domain("d", images, labels, names), root)

@@ -11,13 +11,13 @@ and the compression, which is the point of a test domain read from files.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
 from metatpt_jax.data import domains as domains_lib
+from metatpt_jax.errors import UserError, report_user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("domain", None, "domain spec of a packaged source, e.g. fashion_mnist:clean")
@@ -36,7 +36,7 @@ def write_image_folder(domain: domains_lib.Domain, root: str, quality: int = 90)
   their sorted order, and so the label order on reading, may differ from the domain's.
   """
   if os.path.exists(root):
-    raise FileExistsError(f"{root!r} exists; remove it or choose another --out.")
+    raise UserError(f"{root!r} exists; remove it or choose another --out (nothing was written).")
   for name in domain.class_names:
     os.makedirs(os.path.join(root, name.replace(" ", "_")))
   for i, (image, label) in enumerate(zip(domain.images, domain.labels)):
@@ -48,11 +48,16 @@ def write_image_folder(domain: domains_lib.Domain, root: str, quality: int = 90)
 
 def main(argv):
   del argv
-  if not FLAGS.domain or not FLAGS.out:
-    sys.exit("metatpt-export: give --domain (e.g. fashion_mnist:motion_blur:3) and --out.")
-  domain = domains_lib.load_domain(FLAGS.domain, split=FLAGS.split, num_images=FLAGS.num_images,
-                                   seed=FLAGS.seed, image_size=FLAGS.size)
-  count = write_image_folder(domain, FLAGS.out, FLAGS.quality)
+  with report_user_errors("metatpt-export"):
+    if not FLAGS.domain or not FLAGS.out:
+      raise UserError("give --domain (e.g. fashion_mnist:motion_blur:3) and --out.")
+    if os.path.exists(FLAGS.out):
+      raise UserError(f"{FLAGS.out!r} exists; remove it or choose another --out (nothing was "
+                      "written).")
+    domain = domains_lib.load_domain(FLAGS.domain, split=FLAGS.split,
+                                     num_images=FLAGS.num_images, seed=FLAGS.seed,
+                                     image_size=FLAGS.size)
+    count = write_image_folder(domain, FLAGS.out, FLAGS.quality)
   print(f"wrote {count} images of {domain.name} ({FLAGS.size} px, JPEG q{FLAGS.quality}) to "
         f"{FLAGS.out}")
 
