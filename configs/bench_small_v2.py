@@ -6,6 +6,7 @@ Fashion-/Animal-MNIST images (issue 12; docs/OFFLINE_V2.md has every figure).
     metatpt-bench --config configs/bench_small_v2.py:dev_metatpt  # MetaTPT variants, train split
     metatpt-bench --config configs/bench_small_v2.py:dev_steps    # 4 steps at lr 0.05, train split
     make folder-domain && metatpt-bench --config configs/bench_small_v2.py:test   # test domains
+    metatpt-bench --config configs/bench_small_v2.py:test_ablations   # 500 images, one seed
     metatpt-bench --config configs/bench_small_v2.py:demo         # `make demo`
     metatpt-bench --config configs/bench_small_v2.py:dev --config.model.checkpoint=\
         checkpoints/small_clip --config.output_dir=runs/bench_small_v1_dev   # the v1 checkpoint
@@ -119,7 +120,14 @@ def get_config(arg: str = "levels"):
     c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
                  "metatpt": defaults.metatpt_method()}
     c.output_dir = "runs/bench_small_v2_test"
+  elif arg == "test_ablations":
+    # MetaTPT's ablations on the test domains at published settings (500 images, one seed, as
+    # the issue allows), each paired with MetaTPT, TPT and zero-shot on the same images.
+    c.data.domains = TEST_DOMAINS
+    c.data.num_images = 500
+    c.methods = defaults.all_methods()
+    c.output_dir = "runs/bench_small_v2_test_ablations"
   else:
     raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev', 'dev_metatpt', "
-                     "'dev_steps', 'demo', 'test'.")
+                     "'dev_steps', 'demo', 'test', 'test_ablations'.")
   return c
