@@ -7,6 +7,8 @@ Fashion-/Animal-MNIST images (issue 12; docs/OFFLINE_V2.md has every figure).
     metatpt-bench --config configs/bench_small_v2.py:dev_steps    # 4 steps at lr 0.05, train split
     make folder-domain && metatpt-bench --config configs/bench_small_v2.py:test   # test domains
     metatpt-bench --config configs/bench_small_v2.py:test_ablations   # 500 images, one seed
+    metatpt-bench --config configs/bench_small_v2.py:dev_budget   # the budget grid, train split
+    metatpt-bench --config configs/bench_small_v2.py:test_chosen  # chosen-settings group, test
     metatpt-bench --config configs/bench_small_v2.py:demo         # `make demo`
     metatpt-bench --config configs/bench_small_v2.py:dev --config.model.checkpoint=\
         checkpoints/small_clip --config.output_dir=runs/bench_small_v1_dev   # the v1 checkpoint
@@ -47,6 +49,31 @@ DEV_DOMAINS = ("fashion_mnist:defocus_blur:3", "fashion_mnist:affine:3",
 # The generator variant an inner step moves visibly: a per-sample shift of the crop factors and a
 # normalised inner step of length 0.5.
 SHIFT = dict(generator=dict(factor_shift=True), inner_step="normalized", inner_lr=0.5)
+# The chosen-settings protocol group's budget rule, the same for every method: 64 views, 6 kept,
+# steps in BUDGET_STEPS, prompt lr in BUDGET_LRS; each method's best dev mean goes to test.
+BUDGET_STEPS = (1, 4)
+BUDGET_LRS = {"005": 5e-3, "02": 2e-2, "05": 5e-2}
+
+
+# Each method's best dev mean in the budget grid (`dev_budget`, 4 dev domains x 150 train images,
+# seed 0): TPT 63.5 % at 4 steps, lr 5e-2; MetaTPT 62.8 % at 4 steps, lr 2e-2 (docs/OFFLINE_V2.md).
+CHOSEN = ("tpt_s4_lr05", "metatpt_s4_lr02")
+
+
+def budget_grid() -> dict:
+  """TPT and MetaTPT at every (steps, prompt lr) of the budget rule, named <method>_s<steps>_lr<tag>
+  (MetaTPT re-selects its confident views every outer step: the dev_steps probe found it not worse)."""
+  grid = {"zero_shot": dict(kind="zero_shot")}
+  for steps in BUDGET_STEPS:
+    for tag, lr in BUDGET_LRS.items():
+      grid[f"tpt_s{steps}_lr{tag}"] = defaults.tpt_method(steps=steps, lr=lr)
+      grid[f"metatpt_s{steps}_lr{tag}"] = defaults.metatpt_method(outer_steps=steps, prompt_lr=lr)
+  # First against second order at 4 steps (not grid cells: MetaTPT is second order), at lr 5e-2
+  # and at MetaTPT's chosen lr 2e-2.
+  for tag in ("05", "02"):
+    grid[f"metatpt_s4_lr{tag}_first_order"] = defaults.metatpt_method(
+        outer_steps=4, prompt_lr=BUDGET_LRS[tag], order="first")
+  return grid
 
 
 def get_config(arg: str = "levels"):
@@ -90,12 +117,21 @@ def get_config(arg: str = "levels"):
     c.data.domains = DEV_DOMAINS
     c.data.num_images = 150
     steps = dict(outer_steps=4, prompt_lr=0.05)
+    # Named as the budget grid's cells (`dev_budget`), which share these records.
     c.methods = {
-        "zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
+        "zero_shot": dict(kind="zero_shot"), "tpt_s1_lr005": defaults.tpt_method(),
         "tpt_s4_lr05": defaults.tpt_method(steps=4, lr=0.05),
         "metatpt_s4_lr05_once": defaults.metatpt_method(**steps, selection="first_step"),
-        "metatpt_s4_lr05_every": defaults.metatpt_method(**steps, selection="every_step"),
+        "metatpt_s4_lr05": defaults.metatpt_method(**steps, selection="every_step"),
     }
+    c.output_dir = "runs/bench_small_v2_dev"
+  elif arg == "dev_budget":
+    # The budget rule's grid on the development split (150 train images per dev domain, as
+    # dev_steps, whose two 4-step lr-0.05 cells it shares).
+    c.data.split = "train"
+    c.data.domains = DEV_DOMAINS
+    c.data.num_images = 150
+    c.methods = budget_grid()
     c.output_dir = "runs/bench_small_v2_dev"
   elif arg == "demo":
     # `make demo`: the first four test domains (by the order of TEST_DOMAINS, not by any
@@ -120,6 +156,15 @@ def get_config(arg: str = "levels"):
     c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
                  "metatpt": defaults.metatpt_method()}
     c.output_dir = "runs/bench_small_v2_test"
+  elif arg == "test_chosen":
+    # Chosen-settings group: each method at its best dev mean under the budget rule
+    # (`dev_budget`), in the same output_dir as `test`, so zero-shot's records are shared.
+    c.data.domains = TEST_DOMAINS
+    c.data.num_images = 1000
+    c.seeds = (0, 1, 2)
+    grid = budget_grid()
+    c.methods = {"zero_shot": dict(kind="zero_shot"), **{name: grid[name] for name in CHOSEN}}
+    c.output_dir = "runs/bench_small_v2_test"
   elif arg == "test_ablations":
     # MetaTPT's ablations on the test domains at published settings (500 images, one seed, as
     # the issue allows), each paired with MetaTPT, TPT and zero-shot on the same images.
@@ -129,5 +174,6 @@ def get_config(arg: str = "levels"):
     c.output_dir = "runs/bench_small_v2_test_ablations"
   else:
     raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev', 'dev_metatpt', "
-                     "'dev_steps', 'demo', 'test', 'test_ablations'.")
+                     "'dev_steps', 'dev_budget', 'demo', 'test', "
+                     "'test_chosen', 'test_ablations'.")
   return c

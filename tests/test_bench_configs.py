@@ -1,0 +1,71 @@
+"""Every variant of the offline benchmark configs builds, validates and names valid methods, and
+the chosen-settings budget rule gives every method the same views and the same grid."""
+import importlib.util
+import os
+
+import pytest
+
+from metatpt_jax.bench import methods as methods_lib
+from metatpt_jax.bench import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _module(name):
+  spec = importlib.util.spec_from_file_location(name, f"{ROOT}/configs/{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+V2 = _module("bench_small_v2")
+V2_VARIANTS = ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo", "test",
+               "test_ablations", "test_chosen")
+
+
+@pytest.mark.parametrize("variant", V2_VARIANTS)
+def test_every_v2_variant_validates(variant):
+  cfg = V2.get_config(variant)
+  runner.validate_config(cfg)
+  for name, mcfg in cfg.methods.items():
+    kind, _ = methods_lib.method_spec(mcfg)
+    assert name.startswith(kind), (name, kind)  # a row's name says which method it is
+  # Settings are chosen on shifted train images; everything else reads held-out test images.
+  assert cfg.data.split == ("train" if variant.startswith("dev") else "test")
+
+
+def test_unknown_v2_variant_names_the_valid_ones():
+  with pytest.raises(ValueError, match="dev_budget"):
+    V2.get_config("dev_budgte")
+
+
+def test_budget_grid_gives_every_method_the_same_views_and_grid():
+  grid = V2.budget_grid()
+  cells = {"tpt": set(), "metatpt": set()}
+  for name, mcfg in grid.items():
+    kind, spec = methods_lib.method_spec(mcfg)
+    if kind == "zero_shot" or name.endswith("first_order"):
+      continue
+    assert (spec.n_views, spec.num_keep) == (64, 6)
+    steps = spec.steps if kind == "tpt" else spec.outer_steps
+    lr = spec.lr if kind == "tpt" else spec.prompt_lr
+    cells[kind].add((steps, lr))
+  expected = {(s, lr) for s in V2.BUDGET_STEPS for lr in V2.BUDGET_LRS.values()}
+  assert cells == {"tpt": expected, "metatpt": expected}
+
+
+def test_chosen_settings_are_cells_of_the_budget_grid():
+  grid = V2.budget_grid()
+  chosen = V2.get_config("test_chosen").methods
+  for name, mcfg in chosen.items():
+    if name != "zero_shot":
+      assert name in grid and dict(mcfg) == dict(grid[name]), name
+
+
+@pytest.mark.parametrize("variant", ("", "demo"))
+def test_v1_configs_validate(variant):
+  module = _module("bench_small")
+  cfg = module.get_config(variant) if variant else module.get_config()
+  runner.validate_config(cfg)
+  for mcfg in cfg.methods.values():
+    methods_lib.method_spec(mcfg)
