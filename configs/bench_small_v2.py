@@ -61,8 +61,9 @@ CHOSEN = ("tpt_s4_lr05", "metatpt_s4_lr02")
 
 
 def budget_grid() -> dict:
-  """TPT and MetaTPT at every (steps, prompt lr) of the budget rule, named <method>_s<steps>_lr<tag>
-  (MetaTPT re-selects its confident views every outer step: the dev_steps probe found it not worse)."""
+  """TPT and MetaTPT at every (steps, prompt lr) of the budget rule, named
+  <method>_s<steps>_lr<tag> (MetaTPT re-selects its confident views every outer step: the
+  dev_steps probe found it not worse)."""
   grid = {"zero_shot": dict(kind="zero_shot")}
   for steps in BUDGET_STEPS:
     for tag, lr in BUDGET_LRS.items():

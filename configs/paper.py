@@ -11,8 +11,8 @@ metatpt_offline; "main" runs zero_shot, tpt and metatpt in one go, "all" every o
 
 TPT's published defaults: ViT-B/16 at 224 px, 64 views, the 10% most confident kept, 1 AdamW
 step at lr 5e-3, context "a photo of a" (n_ctx 4), one image per step (batch 1), random resized
-crops for the ImageNet sets and AugMix views for the cross-datasets. MetaTPT uses METHOD.md
-section 2's defaults on top. Data: tfds datasets from $METATPT_DATA_DIR (default
+crops for the ImageNet sets and AugMix views for the cross-datasets. MetaTPT uses the defaults of
+docs/METHOD.md (MetaTPT) on top. Data: tfds datasets from $METATPT_DATA_DIR (default
 ~/tensorflow_datasets; `--config.data.data_dir`), image-folder sets from
 $METATPT_DATA_DIR/folders/<dataset> unless `data.domains` names another folder.
 """

@@ -1,4 +1,4 @@
-"""The learned augmentation generator G_phi of MetaTPT (README, "MetaTPT as implemented").
+"""The learned augmentation generator G_phi of MetaTPT (docs/METHOD.md).
 
 G_phi maps K noise vectors z_k (and, optionally, the stop-gradient image feature) to K affine
 transforms built from named, bounded factors:

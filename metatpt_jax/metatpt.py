@@ -1,4 +1,4 @@
-"""MetaTPT (arXiv 2512.12268) as reconstructed here (README, "MetaTPT as implemented").
+"""MetaTPT (arXiv 2512.12268) as reconstructed here (docs/METHOD.md).
 
 Per test image x, meta-parameters (p, phi) = (prompt context, augmentation generator):
 

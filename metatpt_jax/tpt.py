@@ -1,4 +1,4 @@
-"""TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as METHOD.md section 1.
+"""TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as docs/METHOD.md (TPT).
 
 Per image: 64 views (the image + 63 random resized crops with flips, cut from the full decoded
 image when a `views.Source` is given, as TPT's public code does), image features once without

@@ -1,7 +1,7 @@
 """The augmentation generator at initialisation, the affine warp, and the AugMix views.
 
 The generator is meant to start as TPT's RandomResizedCrop(scale (0.08, 1), ratio (3/4, 4/3)) +
-horizontal flip (METHOD.md section 2). Its transforms are read here from the affine matrices
+horizontal flip (docs/METHOD.md). Its transforms are read here from the affine matrices
 themselves, not from the generator's own named factors: the crop a view shows is what the warp
 samples, |det| of the linear part is the crop's area fraction and |theta_00| / theta_11 its
 aspect ratio (with rotation and shear at 0).

@@ -18,7 +18,7 @@ def tpt_method(**overrides) -> ml_collections.ConfigDict:
 
 
 def metatpt_method(**overrides) -> ml_collections.ConfigDict:
-  """MetaTPT as METHOD.md section 2 (learned views, dual loop, second order)."""
+  """MetaTPT as docs/METHOD.md describes it (learned views, dual loop, second order)."""
   fields = metatpt.MetaTPTSpec()._asdict()
   fields["generator"] = ml_collections.ConfigDict(gen.GeneratorSpec()._asdict())
   c = ml_collections.ConfigDict(dict(kind="metatpt", offline_images=64, **fields))
@@ -27,7 +27,7 @@ def metatpt_method(**overrides) -> ml_collections.ConfigDict:
 
 
 def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
-  """zero-shot, TPT, MetaTPT and each ablation of METHOD.md section 2."""
+  """zero-shot, TPT, MetaTPT and each ablation in docs/METHOD.md."""
   m = lambda **kw: metatpt_method(**{**metatpt_overrides, **kw})
   return ml_collections.ConfigDict({
       "zero_shot": dict(kind="zero_shot"),
