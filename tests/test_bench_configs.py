@@ -1,24 +1,12 @@
 """Every variant of the offline benchmark configs builds, validates and names valid methods, and
 the chosen-settings budget rule gives every method the same views and the same grid."""
-import importlib.util
-import os
-
 import pytest
 
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import runner
+from tests.config_files import config_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _module(name):
-  spec = importlib.util.spec_from_file_location(name, f"{ROOT}/configs/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-V2 = _module("bench_small_v2")
+V2 = config_module("bench_small_v2")
 V2_VARIANTS = ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo", "test",
                "test_ablations", "test_chosen")
 
@@ -64,7 +52,7 @@ def test_chosen_settings_are_cells_of_the_budget_grid():
 
 @pytest.mark.parametrize("variant", ("", "demo"))
 def test_v1_configs_validate(variant):
-  module = _module("bench_small")
+  module = config_module("bench_small")
   cfg = module.get_config(variant) if variant else module.get_config()
   runner.validate_config(cfg)
   for mcfg in cfg.methods.values():

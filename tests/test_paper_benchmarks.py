@@ -1,6 +1,5 @@
 """The paper's benchmarks: class-name files, the dataset registry, clear errors, and the
 benchmark command end to end per dataset family on tfds mock data and a tiny random CLIP."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from metatpt_jax.clip import checkpoint, config, hub, model
 from metatpt_jax.data import benchmarks, load_domain, sources
 from metatpt_jax.data.domains import batch_inputs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.config_files import ROOT, config_module
 # Class counts as CLIP/CoOp/TPT evaluate them (Caltech101 without its background class).
 COUNTS = dict(imagenet=1000, imagenet_a=200, imagenet_v2=1000, imagenet_r=200,
               imagenet_sketch=1000, oxford_flowers=102, dtd=47, oxford_pets=37,
@@ -27,10 +26,7 @@ TINY_METHODS = dict(n_views=8, selection_ratio=0.25)
 
 
 def _paper_config(arg):
-  spec = importlib.util.spec_from_file_location("paper_config", f"{ROOT}/configs/paper.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_module("paper").get_config(arg)
 
 
 @pytest.mark.parametrize("name", list(benchmarks.BENCHMARKS))

@@ -1,5 +1,4 @@
 """Tests of metatpt_jax.pretrain: loss, batches, augmentation, CLI smoke test and resume."""
-import importlib.util
 import json
 import math
 import os
@@ -17,15 +16,12 @@ from metatpt_jax.clip.config import get_arch
 from metatpt_jax.clip.tokenizer import Tokenizer
 from metatpt_jax.pretrain import augment, captions, pairs, step, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.config_files import ROOT, config_module
 CONFIG_PATH = os.path.join(ROOT, "configs", "pretrain_small.py")
 
 
 def _get_config(arg=""):
-  spec = importlib.util.spec_from_file_location("pretrain_small", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_module("pretrain_small").get_config(arg)
 
 
 def test_paired_loss_is_clip_loss():

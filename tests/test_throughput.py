@@ -1,7 +1,5 @@
 """The throughput benchmark: its FLOP counts are right, and its tiny run writes every figure."""
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,15 +8,11 @@ import pytest
 from metatpt_jax.bench import throughput
 from metatpt_jax.clip import config, model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.config_files import config_module
 
 
 def _tiny_config():
-  spec = importlib.util.spec_from_file_location("throughput_cfg",
-                                                os.path.join(ROOT, "configs", "throughput.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
+  return config_module("throughput").get_config("tiny")
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
