@@ -105,13 +105,18 @@ def test_tpt_matches_torch(setup, steps):
 
   # The whole per-sample function: views from the key, features, tuning, view-0 prediction.
   final, metrics = _ours_one_sample(frozen, setup["image"], setup["key"], spec, mspec)
-  np.testing.assert_array_equal(np.asarray(metrics["selected"]), ref["selected"])
+  # The kept views are compared as a set: the loss averages over them, so their order is
+  # immaterial, and here it is not even defined. Views 57 and 28 are 3rd and 4th most confident
+  # with entropies 0.33090648 and 0.33090654 in torch (equal in JAX), a tie below fp32 noise
+  # that different CPUs break differently (CI's did). The set's edge is no tie: the 6th and 7th
+  # entropies are 0.388 and 0.409.
+  np.testing.assert_array_equal(np.sort(metrics["selected"]), np.sort(ref["selected"]))
   assert len(ref["selected"]) == 6  # int(64 * 0.1), TPT's default
 
   # The tuned context itself, from our features of the same views.
   feats = encode_images(frozen, jnp.asarray(setup["pixels"]), mspec)
   ctx, metrics_f = _ours_on_features(frozen, feats, spec, mspec)
-  np.testing.assert_array_equal(np.asarray(metrics_f["selected"]), ref["selected"])
+  np.testing.assert_array_equal(np.sort(metrics_f["selected"]), np.sort(ref["selected"]))
 
   errors = _errors(ctx, final, metrics, ref)
   print(f"TPT {steps} step(s): max abs error ctx {errors['ctx']:.2e}, final logits "

@@ -181,7 +181,9 @@ def test_tpt_on_full_image_matches_torch_on_pil_views(tmp_path):
   ref = TorchTPT(model, np.asarray(token_ids), frozen.ctx_init).adapt(pixels, steps=spec.steps)
   # Selection is decided on the views' entropies; the uint8 rounding of Pillow's views moves
   # features by ~1e-3, far less than the entropy gaps between kept and dropped views here.
-  np.testing.assert_array_equal(np.asarray(metrics["selected"]), ref["selected"])
+  # Compared as a set: the loss averages over the kept views, and their order within the set
+  # can swap on near-ties that CPUs round differently.
+  np.testing.assert_array_equal(np.sort(metrics["selected"]), np.sort(ref["selected"]))
   moved = np.abs(ref["ctx"] - np.asarray(frozen.ctx_init)).max()
   err = np.abs(np.asarray(ours_ctx) - ref["ctx"]).max()
   print(f"full-image TPT vs torch on PIL views: context moved {moved:.2e}, max abs error {err:.2e}")
