@@ -14,24 +14,30 @@ import ml_collections
 
 from metatpt_jax.bench import defaults
 
+# Generated views per chunk of MetaTPT's inner gradient (MetaTPTSpec.view_chunk): memory grows
+# with it, not with n_views; chosen from the compile-only sweep in docs/THROUGHPUT.md.
+VIEW_CHUNK = 8
+
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
   c.arch = "ViT-B/16"
   c.n_views = 64
   c.n_ctx = 4
-  c.num_classes = (10, 200)
+  # ImageNet's first 10 names, ImageNet-R's 200, ImageNet's 1000 (real prompt lengths).
+  c.num_classes = (10, 200, 1000)
   c.batch_sizes = (1, 2, 4)
   c.compute_dtype = "float32"   # "bfloat16": bf16 matmuls, fp32 norms, softmax and losses
   c.remat = False
+  c.class_chunk = 0             # text tower over this many classes at a time (0: all at once)
+  chunked = dict(view_chunk=VIEW_CHUNK)
   c.methods = dict(
       zero_shot=dict(kind="zero_shot"),
       tpt=defaults.tpt_method(n_views=c.n_views),
-      metatpt_first=defaults.metatpt_method(n_views=c.n_views, order="first"),
-      metatpt_second=defaults.metatpt_method(n_views=c.n_views, order="second"),
-      # The same step differentiating through every view's encoding (the unoptimised outer loss).
-      metatpt_second_all_views=defaults.metatpt_method(n_views=c.n_views, order="second",
-                                                       recompute_kept=False),
+      metatpt_first=defaults.metatpt_method(n_views=c.n_views, order="first", **chunked),
+      metatpt_second=defaults.metatpt_method(n_views=c.n_views, order="second", **chunked),
+      # All views' inner gradient at once: the memory the chunks save.
+      metatpt_second_unchunked=defaults.metatpt_method(n_views=c.n_views, order="second"),
   )
   c.repeats = 2                  # timed calls per cell after the first (compile + warm-up) call
   c.torch_reference = True       # TPT as the public one-image PyTorch loop, same weights
@@ -46,6 +52,15 @@ def get_config(arg: str = ""):
   c.compile_only_policies = (("float32", False), ("float32", True), ("bfloat16", True))
   # (TPT, MetaTPT 2nd order) rows compared by the time-ratio and FLOP/s targets.
   c.meta_target_pair = ("tpt", "metatpt_second")
+  # Goals, by number of classes (compile-only memory: by architecture); see throughput_report.
+  c.targets = dict(
+      tpt_vs_torch={"10": 0.95, "200": 1.5, "1000": 2.5},  # JAX TPT / PyTorch loop samples/s
+      tpt_memory_gib={"200": 3.0},                          # TPT compiled, batch 1
+      meta_memory_gib={"10": 8.0, "200": 12.0},             # MetaTPT 2nd order compiled, batch 1
+      meta_vs_tpt={"10": 5.0},                              # MetaTPT / TPT time per sample
+      meta_ceiling={"10": 0.6},                             # MetaTPT FLOP/s / matmul ceiling
+      compile_only_memory_gib={"ViT-L/14": 32.0},           # at num_classes[0]
+  )
   # Restrict the methods run at some class counts (default: every method at every count).
   c.methods_at = {}
   # XLA flags set before JAX starts (the CLI only; e.g. XNNPACK fusion on CPU, see
@@ -53,21 +68,12 @@ def get_config(arg: str = ""):
   c.xla_flags = ""
   c.seed = 0
   c.output_dir = "runs/throughput"
-  if arg == "cpu":  # what 2 CPU cores can measure in ~25 minutes (docs/THROUGHPUT.md)
-    c.batch_sizes = (1, 2)
+  if arg == "cpu":  # what 2 CPU cores can measure in ~40 minutes (docs/THROUGHPUT.md)
+    c.batch_sizes = (1,)
     c.repeats = 1
     c.torch_samples = 1
-    # MetaTPT 2nd order at 64 views needs 23.2 GiB compiled (fp32, batch 1) and does not fit in
-    # this machine's 24 GiB; at 32 views it does, so the MetaTPT/TPT targets use a 32-view pair.
-    c.methods.tpt_32views = defaults.tpt_method(n_views=32)
-    c.methods.metatpt_second_32views = defaults.metatpt_method(n_views=32, order="second")
-    c.methods.metatpt_first_32views = defaults.metatpt_method(n_views=32, order="first")
-    del c.methods["metatpt_second_all_views"]
-    c.methods.metatpt_second_all_views_32views = defaults.metatpt_method(
-        n_views=32, order="second", recompute_kept=False)
-    c.meta_target_pair = ("tpt_32views", "metatpt_second_32views")
-    c.methods_at = {200: ("zero_shot", "tpt", "tpt_32views", "metatpt_second_32views")}
-    c.max_seconds_per_cell = 150.0
+    del c.methods["metatpt_second_unchunked"]  # compiled by the :scaling run instead
+    c.methods_at = {200: ("zero_shot", "tpt", "metatpt_second"), 1000: ("zero_shot", "tpt")}
     c.output_dir = "runs/throughput_cpu"
   elif arg == "tiny":
     c.arch = "tiny"
@@ -78,16 +84,22 @@ def get_config(arg: str = ""):
       if name != "zero_shot":
         m.n_views = 8
         m.selection_ratio = 0.25
+        if m.get("view_chunk"):
+          m.view_chunk = 3
     c.torch_samples = 1
     c.matmul_size = 512
     c.compile_only_archs = ("tiny",)
     c.compile_only_policies = (("float32", False), ("float32", True))
+    c.targets = dict(tpt_vs_torch={"3": 1.0}, tpt_memory_gib={"3": 1.0},
+                     meta_memory_gib={"3": 1.0}, meta_vs_tpt={"3": 5.0}, meta_ceiling={"3": 0.6},
+                     compile_only_memory_gib={"tiny": 1.0})
     c.output_dir = "runs/throughput_tiny"
   elif arg == "scaling":  # compile only: memory per sample at B/16 and L/14 (minutes, no runs)
     c.num_classes = (200,)
     c.batch_sizes = ()
     c.torch_reference = False
     c.compile_only_archs = ("ViT-B/16", "ViT-L/14")
+    c.compile_only_methods = ("tpt", "metatpt_second", "metatpt_second_unchunked")
     c.output_dir = "runs/throughput_scaling"
   elif arg:
     raise ValueError(f"Unknown variant {arg!r}; valid: '', 'cpu', 'tiny' or 'scaling'.")

@@ -28,6 +28,7 @@ class ModelSpec(NamedTuple):
   arch: CLIPArch
   compute_dtype: Any = jnp.float32   # bf16 on accelerators: matmuls only, norms/softmax stay fp32
   remat: bool = False                # rematerialise encoder blocks on the backward path
+  class_chunk: int = 0               # text tower over this many classes at a time (0: all)
 
 
 def encode_images(frozen: FrozenCLIP, images: jax.Array, spec: ModelSpec,
@@ -41,7 +42,7 @@ def encode_images(frozen: FrozenCLIP, images: jax.Array, spec: ModelSpec,
 def class_features(frozen: FrozenCLIP, ctx: jax.Array, spec: ModelSpec) -> jax.Array:
   """Unit-norm class text features [C, E] for context `ctx`."""
   return prompts.text_features(frozen.params, spec.arch, frozen.bank, ctx,
-                               dtype=spec.compute_dtype)
+                               dtype=spec.compute_dtype, class_chunk=spec.class_chunk)
 
 
 def logits(frozen: FrozenCLIP, image_features: jax.Array, text_feats: jax.Array) -> jax.Array:

@@ -133,9 +133,13 @@ def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=Non
   """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi from `source` (default: `image`),
   whose centred square is the generator's unit frame. Returns ([K+1, S, S, 3], penalty)."""
   thetas, _, penalty = generate_thetas(phi, spec, noise, feature)
+  return jnp.concatenate([image[None], warp_views(thetas, image, source)], axis=0), penalty
+
+
+def warp_views(thetas: jax.Array, image: jax.Array, source: views_lib.Source | None = None):
+  """The views [K, S, S, 3] that affines [K, 2, 3] cut from `source` (default: `image`)."""
   if source is None:  # the image itself: its whole extent, no canvas
     warp = lambda t: views_lib.affine_warp(image, t)
   else:
     warp = lambda t: views_lib.affine_warp(source.pixels, t, image.shape[0], source.extent)
-  warped = jax.vmap(warp)(thetas).astype(image.dtype)
-  return jnp.concatenate([image[None], warped], axis=0), penalty
+  return jax.vmap(warp)(thetas).astype(image.dtype)

@@ -47,28 +47,53 @@ def kl_to_mean(logits: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - avg), axis=-1))
 
 
+def kl_from_reference_per_view(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
+  """KL(p_ref || p_v) for each view: [K, C], [C] -> [K]."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  ref = jax.nn.log_softmax(ref_logits, axis=-1)
+  return jnp.sum(jnp.exp(ref) * (ref - logp), axis=-1)
+
+
 def kl_from_reference(logits: jax.Array) -> jax.Array:
   """Mean over views 1..V-1 of KL(p_0 || p_v): agreement of each view with view 0."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  ref = logp[0]
-  return jnp.mean(jnp.sum(jnp.exp(ref) * (ref - logp[1:]), axis=-1))
+  return jnp.mean(kl_from_reference_per_view(logits[1:], logits[0]))
+
+
+def cosine_distance_per_view(features: jax.Array, ref_feature: jax.Array) -> jax.Array:
+  """1 - cos(f_v, f_ref) for each view: [K, E], [E] -> [K]."""
+  f = features / jnp.linalg.norm(features, axis=-1, keepdims=True)
+  return 1.0 - f @ (ref_feature / jnp.linalg.norm(ref_feature))
 
 
 def embedding_disagreement(image_features: jax.Array) -> jax.Array:
   """Mean over views 1..V-1 of 1 - cos(f(v_k), f(v_0)); independent of the prompt."""
-  f = image_features / jnp.linalg.norm(image_features, axis=-1, keepdims=True)
-  return jnp.mean(1.0 - f[1:] @ f[0])
+  return jnp.mean(cosine_distance_per_view(image_features[1:], image_features[0]))
+
+
+# Auxiliary losses that are a mean over the generated views 1..V-1 of a term of that view
+# alone (given view 0, which the inner step does not change): fn(logits [K, C], features
+# [K, E], view-0 logits [C], view-0 feature [E]) -> [K]. The inner gradient of these can run
+# over chunks of views (MetaTPTSpec.view_chunk).
+PER_VIEW_AUX: dict[str, Callable] = {
+    "view_kl": lambda lg, f, ref_lg, ref_f: kl_from_reference_per_view(lg, ref_lg),
+    "embedding_agreement": lambda lg, f, ref_lg, ref_f: cosine_distance_per_view(f, ref_f),
+    # Confident views that keep the sample's content: each generated view's own entropy plus
+    # its disagreement with view 0 (a view may be sure, but of view 0's class).
+    "confident_agreement": lambda lg, f, ref_lg, ref_f: (view_entropy(lg)
+                                                         + kl_from_reference_per_view(lg, ref_lg)),
+}
+
+
+def _mean_of_per_view(name):
+  return lambda logits, feats: jnp.mean(
+      PER_VIEW_AUX[name](logits[1:], feats[1:], logits[0], feats[0]))
 
 
 # Auxiliary (inner-loop) losses: fn(logits [V, C], image_features [V, E]) -> scalar.
 AUX_LOSSES: dict[str, Callable] = {
-    "view_kl": lambda logits, feats: kl_from_reference(logits),
-    "embedding_agreement": lambda logits, feats: embedding_disagreement(feats),
+    **{name: _mean_of_per_view(name) for name in PER_VIEW_AUX},
+    # The entropy of the marginal over all views: not a sum of per-view terms.
     "marginal_entropy": lambda logits, feats: marginal_entropy(logits),
-    # Confident views that keep the sample's content: each generated view's own entropy plus
-    # its disagreement with view 0 (a view may be sure, but of view 0's class).
-    "confident_agreement": lambda logits, feats: (jnp.mean(view_entropy(logits[1:]))
-                                                  + kl_from_reference(logits)),
 }
 # Which auxiliary losses need the prompt (and so give the prompt a second-order term).
 AUX_USES_PROMPT = {"view_kl": True, "embedding_agreement": False, "marginal_entropy": True,
@@ -83,6 +108,14 @@ def consistency_on_kept(kept_logits: jax.Array, consistency_weight: float):
 def consistency_loss(logits: jax.Array, num_keep: int, consistency_weight: float):
   """MetaTPT's outer loss on the confident views: marginal entropy + weight * KL to their mean."""
   return consistency_on_kept(logits[select_confident(logits, num_keep)], consistency_weight)
+
+
+def get_per_view_aux_loss(name: str) -> Callable:
+  if name not in PER_VIEW_AUX:
+    raise ValueError(f"Auxiliary loss {name!r} is not a mean of per-view terms, so its gradient "
+                     f"cannot run over chunks of views; use view_chunk=0 or one of "
+                     f"{sorted(PER_VIEW_AUX)}.")
+  return PER_VIEW_AUX[name]
 
 
 def get_aux_loss(name: str) -> Callable:

@@ -57,6 +57,12 @@ class MetaTPTSpec(NamedTuple):
   # all views (selection is stop-gradient and the loss reads only the kept views) at about a
   # tenth of the outer backward's cost. False differentiates through every view's encoding.
   recompute_kept: bool = True
+  # Inner gradient over `view_chunk` generated views at a time, each chunk rematerialised
+  # (jax.checkpoint inside lax.scan), so second order keeps one chunk's intermediates instead
+  # of all views': memory grows with the chunk, not with n_views. Exact (the same gradient);
+  # costs a recomputation of the inner pass in the outer backward. 0: all views at once.
+  # Needs an auxiliary loss that is a mean of per-view terms (losses.PER_VIEW_AUX).
+  view_chunk: int = 0
 
   @property
   def num_keep(self) -> int:
@@ -95,11 +101,52 @@ def aux_loss(frozen, phi, ctx, ep, spec, mspec):
   return losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
 
 
+def aux_grad(frozen, phi, ctx, ep, spec, mspec):
+  """grad_phi L_aux(phi; x, p): all views at once, or by chunks when spec.view_chunk > 0."""
+  if not spec.view_chunk:
+    return jax.grad(aux_loss, argnums=1)(frozen, phi, ctx, ep, spec, mspec)
+  return chunked_aux_grad(frozen, phi, ctx, ep, spec, mspec)
+
+
+def chunked_aux_grad(frozen, phi, ctx, ep, spec, mspec):
+  """grad_phi L_aux as a sum over chunks of `spec.view_chunk` generated views.
+
+  L_aux = mean_k l(f(view_k(phi)), p) + penalty(phi), so its gradient is a sum of per-chunk
+  gradients. Each chunk's gradient is rematerialised (`jax.checkpoint`) inside `lax.scan`: a
+  derivative of this function (the second-order meta-gradient) keeps only each chunk's inputs
+  and recomputes one chunk at a time. The last chunk is padded with zero-weight views.
+  """
+  per_view = losses.get_per_view_aux_loss(spec.aux_loss)
+  k, c = ep.noise.shape[0], spec.view_chunk
+  n = -(-k // c)
+  noise = jnp.pad(ep.noise, ((0, n * c - k), (0, 0))).reshape(n, c, -1)
+  weight = ((jnp.arange(n * c) < k) / k).astype(ep.noise.dtype).reshape(n, c)
+  text = class_features(frozen, ctx, mspec)
+  ref_logits = logits(frozen, ep.feature0[None], text)[0]
+
+  def chunk_loss(phi, text, ref_logits, noise_c, weight_c):
+    thetas, _, _ = gen.generate_thetas(phi, spec.generator, noise_c, ep.feature0)
+    feats = encode_images(frozen, gen.warp_views(thetas, ep.image, ep.source), mspec,
+                          remat=mspec.remat)
+    terms = per_view(logits(frozen, feats, text), feats, ref_logits, ep.feature0)
+    return jnp.sum(weight_c * terms)
+
+  chunk_grad = jax.checkpoint(jax.grad(chunk_loss))
+
+  def body(total, xs):
+    return jax.tree.map(jnp.add, total, chunk_grad(phi, text, ref_logits, *xs)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, phi)
+  total, _ = jax.lax.scan(body, zeros, (noise, weight))
+  penalty = lambda p: gen.generate_thetas(p, spec.generator, ep.noise, ep.feature0)[2]
+  return jax.tree.map(lambda a, b: a + spec.aux_penalty * b, total, jax.grad(penalty)(phi))
+
+
 def inner_update(frozen, phi, ctx, ep, spec, mspec):
   """phi' after `inner_steps` SGD steps on L_aux; differentiable w.r.t. phi and ctx."""
   adapted = phi
   for _ in range(spec.inner_steps):  # few, static steps: unrolled
-    g = jax.grad(aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec)
+    g = aux_grad(frozen, adapted, ctx, ep, spec, mspec)
     lr = spec.inner_lr
     if spec.inner_step == "normalized":
       norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(g)))

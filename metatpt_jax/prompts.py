@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatpt_jax.clip import model as clip_model
+from metatpt_jax.clip import shared_prefix
 from metatpt_jax.clip.config import CLIPArch
 
 PLACEHOLDER = "X"  # stands in for the context tokens when tokenising prompts, as in CoOp
@@ -26,6 +27,10 @@ class PromptBank(NamedTuple):
 
   prefix: [C, 1, W] embedding of SOT.  suffix: [C, L - 1 - n_ctx, W] class name, ".", EOT, pad.
   eot_indices: [C] int32 position of EOT in the full sequence.
+
+  L is the longest prompt's EOT position + 1, not the tokenizer's 77: the text tower's attention
+  is causal and its features are read at EOT, so positions after the last EOT cannot change any
+  class's feature (exact; ImageNet's 1000 prompts need 18 positions, ImageNet-R's 200 need 12).
   """
   prefix: jax.Array
   suffix: jax.Array
@@ -47,9 +52,10 @@ def build_prompt_bank(clip_params, arch: CLIPArch, class_names: Sequence[str], n
   tok = _tokenizer(tokenizer)
   texts = [" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in class_names]
   ids = np.asarray(tok(texts, context_length=arch.text.context_length, truncate=False))
+  eot = np.asarray(clip_model.eot_positions(jnp.asarray(ids))).astype(np.int32)
+  ids = ids[:, :int(eot.max()) + 1]  # nothing after the last EOT reaches a feature (causal)
   emb = clip_model.embed_tokens(clip_params, jnp.asarray(ids))
-  eot = clip_model.eot_positions(jnp.asarray(ids)).astype(jnp.int32)
-  return PromptBank(prefix=emb[:, :1], suffix=emb[:, 1 + n_ctx:], eot_indices=eot)
+  return PromptBank(prefix=emb[:, :1], suffix=emb[:, 1 + n_ctx:], eot_indices=jnp.asarray(eot))
 
 
 def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | None = "a photo of a",
@@ -101,13 +107,17 @@ def load_context(path: str) -> np.ndarray:
   raise KeyError(f"{path!r} has no 'prompt_learner.ctx' or 'ctx' tensor.")
 
 
-def text_features(clip_params, arch: CLIPArch, bank: PromptBank, ctx: jax.Array,
-                  **encode_kwargs) -> jax.Array:
-  """Unit-norm class text features [C, E] for context `ctx` [n_ctx, W]."""
+def text_features(clip_params, arch: CLIPArch, bank: PromptBank, ctx: jax.Array, *,
+                  dtype=jnp.float32, class_chunk: int = 0) -> jax.Array:
+  """Unit-norm class text features [C, E] for context `ctx` [n_ctx, W].
+
+  SOT and the context are the same for every class, so they run through the text tower once
+  (`shared_prefix`; exact); `class_chunk` > 0 runs the classes in rematerialised chunks.
+  """
   chex.assert_rank(ctx, 2)
-  n_cls = bank.prefix.shape[0]
-  ctx = jnp.broadcast_to(ctx.astype(bank.prefix.dtype), (n_cls,) + ctx.shape)
-  embeddings = jnp.concatenate([bank.prefix, ctx, bank.suffix], axis=1)
-  feats = clip_model.encode_text_embeddings(clip_params, embeddings, bank.eot_indices, arch,
-                                            **encode_kwargs)
+  prefix = jnp.concatenate([bank.prefix[0], ctx.astype(bank.prefix.dtype)], axis=0)
+  feats = shared_prefix.encode_text_shared_prefix(clip_params, prefix, bank.suffix,
+                                                  bank.eot_indices, arch, dtype=dtype,
+                                                  class_chunk=class_chunk)
   return clip_model.normalize(feats)
+

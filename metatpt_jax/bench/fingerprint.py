@@ -6,7 +6,8 @@ a re-trained one is not), the model's compute dtype, the prompt config, the doma
 subset size, class names, image size, full-image canvas size), the seed and `RECORD_VERSION`.
 Records are keyed by it, so a run resumes only records of exactly its own setting; a sweep by
 `--config.*` overrides computes each new setting afresh. What does not change a result is left
-out: batch size, device and process count, rematerialisation, progress bars, output paths.
+out: batch size, device and process count, rematerialisation, the inner gradient's view chunks,
+progress bars, output paths.
 """
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ import numpy as np
 # then never reused). 2: TPT's views are cut from the full image (canvas), records carry a
 # fingerprint.
 RECORD_VERSION = 2
+# Spec fields that decide how the work is split, not what it computes (like rematerialisation):
+# left out of the fingerprint, so records made with any value are the same setting's.
+EXECUTION_FIELDS = ("view_chunk",)
+
+
+def result_fields(spec) -> Any:
+  """`spec` in plain form without its EXECUTION_FIELDS (None stays None)."""
+  if spec is None:
+    return None
+  fields = plain(spec)
+  for name in EXECUTION_FIELDS:
+    fields.pop(name, None)
+  return fields
 
 
 def params_digest(params) -> str:

@@ -60,7 +60,8 @@ def _check_metatpt(spec: metatpt.MetaTPTSpec) -> None:
 def model_spec(cfg: ml_collections.ConfigDict, arch) -> ModelSpec:
   if cfg.compute_dtype not in DTYPES:
     raise UserError(f"compute_dtype {cfg.compute_dtype!r}; choose one of {sorted(DTYPES)}.")
-  return ModelSpec(arch, compute_dtype=DTYPES[cfg.compute_dtype], remat=bool(cfg.remat))
+  return ModelSpec(arch, compute_dtype=DTYPES[cfg.compute_dtype], remat=bool(cfg.remat),
+                   class_chunk=int(cfg.get("class_chunk", 0)))
 
 
 def domain_key(seed: int, domain: str) -> jax.Array:

@@ -116,7 +116,7 @@ def padded_batches(todo: np.ndarray, batch_size: int):
 
 def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   """Everything that decides the results of one cell (hashed into its fingerprint)."""
-  method = dict(kind=kind, spec=spec)
+  method = dict(kind=kind, spec=fp_lib.result_fields(spec))
   if kind == "metatpt" and spec.augment == "frozen":
     method["offline_images"] = int(cfg.methods[name].offline_images)
   paper = domain.name.startswith(benchmarks.PREFIX + ":")

@@ -6,8 +6,8 @@ analysis of the compiled step), achieved FLOP/s, and the compiled program's memo
 outputs + temporaries). In the same run: TPT as a one-image-at-a-time PyTorch loop
 (`torch_tpt.TorchTPT` on a transformers `CLIPModel` holding the same weights), and the FLOP/s of
 one large fp32 matrix product, the ceiling. Writes results.json and results.md; prints the table
-and the issue's three targets (JAX/PyTorch TPT ratio, MetaTPT/TPT time ratio, MetaTPT FLOP/s vs
-the ceiling).
+and the configured targets (`cfg.targets`: JAX/PyTorch TPT ratio, compiled memory, MetaTPT/TPT
+time ratio, MetaTPT FLOP/s vs the ceiling; `throughput_report.py`).
 
 Cells that would not fit are skipped with the reason recorded, never silently: memory above
 `memory_limit_gib` (known from the compiled program before it runs) or a time estimate above
@@ -32,6 +32,8 @@ from ml_collections import config_flags
 
 from metatpt_jax import adapt, prompts
 from metatpt_jax.bench import methods as methods_lib
+from metatpt_jax.bench.throughput_report import report, targets
+from metatpt_jax.data import benchmarks
 from metatpt_jax.clip import config as clip_config
 from metatpt_jax.clip import model as clip_model
 
@@ -118,12 +120,18 @@ def random_model(arch_name: str, seed: int = 0):
 
 
 def class_names(num_classes: int) -> list:
-  """Distinct made-up class names (one or two BPE tokens each, like most real ones)."""
-  return [f"class {i}" for i in range(num_classes)]
+  """Real class names, so prompts have real token lengths (the text tower's cost follows the
+  longest prompt): ImageNet-R's 200 at 200 classes, otherwise ImageNet's first `num_classes`."""
+  if num_classes == 200:
+    return list(benchmarks.load_classes("imagenet_r")["classnames"])
+  names = list(benchmarks.load_classes("imagenet")["classnames"])
+  if num_classes > len(names):
+    raise ValueError(f"num_classes={num_classes}: at most {len(names)} (ImageNet's names).")
+  return names[:num_classes]
 
 
 def adapt_state(params, arch, num_classes, kind, spec, n_ctx, seed) -> adapt.AdaptState:
-  """The benchmark's state (`methods.build_state`) for made-up class names."""
+  """The benchmark's state (`methods.build_state`) for `class_names(num_classes)`."""
   prompt = ml_collections.ConfigDict(dict(n_ctx=n_ctx, init="a photo of a"))
   return methods_lib.build_state(params, arch, class_names(num_classes), prompt, kind, spec, seed)
 
@@ -223,7 +231,7 @@ def run(cfg: ml_collections.ConfigDict) -> str:
     out["torch_ceiling"] = torch_matmul_ceiling(cfg.matmul_size)
   params, arch = random_model(cfg.arch, cfg.seed)
   mspec = methods_lib.model_spec(ml_collections.ConfigDict(
-      dict(compute_dtype=cfg.compute_dtype, remat=cfg.remat)), arch)
+      dict(compute_dtype=cfg.compute_dtype, remat=cfg.remat, class_chunk=cfg.class_chunk)), arch)
   out["analytic"] = dict(vit_forward_flops=vit_forward_flops(arch),
                          text_forward_flops_per_prompt=text_forward_flops(arch, 1))
   rows = out["rows"]
@@ -259,8 +267,8 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   for arch_name in cfg.compile_only_archs:  # memory per sample for the scaling note
     p_big, a_big = random_model(arch_name, cfg.seed)
     for dtype, remat in cfg.compile_only_policies:
-      ms = methods_lib.model_spec(ml_collections.ConfigDict(dict(compute_dtype=dtype,
-                                                                 remat=remat)), a_big)
+      ms = methods_lib.model_spec(ml_collections.ConfigDict(dict(
+          compute_dtype=dtype, remat=remat, class_chunk=cfg.class_chunk)), a_big)
       for name in cfg.compile_only_methods:
         kind, spec = methods_lib.method_spec(cfg.methods[name])
         say(f"compile only: {arch_name} {name} {dtype} remat={remat} ...")
@@ -280,96 +288,6 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   with open(os.path.join(cfg.output_dir, "results.md"), "w") as f:
     f.write(text)
   return text
-
-
-# ------------------------------------------------------------------ reporting
-def _best(rows, method, num_classes):
-  """The row of `method` at `num_classes` with the most samples per second (None if none ran)."""
-  ran = [r for r in rows if r["method"] == method and r["num_classes"] == num_classes
-         and "samples_per_s" in r]
-  return max(ran, key=lambda r: r["samples_per_s"]) if ran else None
-
-
-def targets(out: dict, cfg) -> list:
-  """The issue's three goals, per number of classes, with the measured ratios.
-
-  TPT vs the PyTorch loop uses the "tpt" rows; MetaTPT vs TPT and MetaTPT's FLOP/s use the
-  pair `cfg.meta_target_pair` (TPT and MetaTPT-second-order rows at the same view count).
-  """
-  res = []
-  ceiling = out["ceiling"]["flops_per_s"]
-  tpt_name, meta_name = cfg.meta_target_pair
-  for c in cfg.num_classes:
-    tpt_row = _best(out["rows"], "tpt", c)
-    torch_row = next((t for t in out["torch"] if t["num_classes"] == c), None)
-    pair_tpt, meta = _best(out["rows"], tpt_name, c), _best(out["rows"], meta_name, c)
-    if tpt_row and torch_row:
-      ratio = tpt_row["samples_per_s"] / torch_row["samples_per_s"]
-      res.append(dict(goal="JAX TPT >= 1.2x the PyTorch loop's samples/s", num_classes=c,
-                      value=ratio, met=ratio >= 1.2,
-                      detail=f"batch {tpt_row['batch']}: {tpt_row['samples_per_s']:.3f} vs "
-                             f"{torch_row['samples_per_s']:.3f} samples/s"))
-    if pair_tpt and meta:
-      ratio = meta["s_per_sample"] / pair_tpt["s_per_sample"]
-      flop_ratio = meta["flops_per_sample"] / pair_tpt["flops_per_sample"]
-      res.append(dict(goal="MetaTPT 2nd order <= 4x JAX TPT's time per sample", num_classes=c,
-                      value=ratio, met=ratio <= 4.0,
-                      detail=f"{meta_name} {meta['s_per_sample']:.2f} s vs {tpt_name} "
-                             f"{pair_tpt['s_per_sample']:.2f} s; FLOPs per sample "
-                             f"{flop_ratio:.2f}x"))
-    if meta:
-      frac = meta["flops_per_s"] / ceiling
-      res.append(dict(goal="MetaTPT step >= 60% of the large-matmul FLOP/s", num_classes=c,
-                      value=frac, met=frac >= 0.6,
-                      detail=f"{meta_name}: {meta['flops_per_s'] / 1e9:.1f} of "
-                             f"{ceiling / 1e9:.1f} GFLOP/s"))
-  return res
-
-
-def report(out: dict) -> str:
-  ceiling = out["ceiling"]["flops_per_s"]
-  cfg = out["config"]
-  lines = [f"## Throughput: {cfg['arch']}, {cfg['n_views']} views, {cfg['compute_dtype']}, "
-           f"remat={cfg['remat']}, backend {out['backend']} ({len(out['devices'])} device(s)), "
-           f"XLA_FLAGS={out['xla_flags'] or '(none)'}",
-           "",
-           f"Ceiling: {cfg['matmul_size']}x{cfg['matmul_size']} fp32 matmul "
-           f"{ceiling / 1e9:.1f} GFLOP/s in JAX"
-           + (f", {out['torch_ceiling']['flops_per_s'] / 1e9:.1f} GFLOP/s in PyTorch"
-              if "torch_ceiling" in out else "") + ".",
-           "",
-           "| method | classes | batch | compile s | s/step | samples/s | s/sample | "
-           "GFLOP/sample | GFLOP/s | % ceiling | memory GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for t in out["torch"]:
-    lines.append(f"| PyTorch TPT loop | {t['num_classes']} | 1 | - | {t['s_per_sample']:.2f} | "
-                 f"{t['samples_per_s']:.3f} | {t['s_per_sample']:.2f} | - | - | - | - |")
-  for r in out["rows"]:
-    head = f"| {r['method']} | {r['num_classes']} | {r['batch']} |"
-    mem = r.get("memory", {}).get("peak")
-    mem = f"{mem / GIB:.2f}" if mem else "-"
-    if "s_per_sample" not in r:
-      comp = f"{r['compile_s']:.0f}" if "compile_s" in r else "-"
-      lines.append(f"{head} {comp} | skipped: {r['skipped']} | | | | | | {mem} |")
-      continue
-    lines.append(f"{head} {r['compile_s']:.1f} | {r['step_s']:.2f} | {r['samples_per_s']:.3f} | "
-                 f"{r['s_per_sample']:.2f} | {r['flops_per_sample'] / 1e9:.3g} | "
-                 f"{r['flops_per_s'] / 1e9:.1f} | {100 * r['flops_per_s'] / ceiling:.0f} | "
-                 f"{mem} |")
-  if out["compile_only"]:
-    lines += ["", "Compiled memory per sample (batch 1, compile only):", "",
-              "| arch | method | dtype | remat | GiB | GFLOP/sample |", "|---|---|---|---|---|---|"]
-    for r in out["compile_only"]:
-      lines.append(f"| {r['arch']} | {r['method']} | {r['compute_dtype']} | {r['remat']} | "
-                   f"{r['memory'].get('peak', 0) / GIB:.2f} | {r['flops'] / 1e9:.3g} |")
-  if out["targets"]:
-    lines += ["", "| goal | classes | measured | met | detail |", "|---|---|---|---|---|"]
-    for t in out["targets"]:
-      lines.append(f"| {t['goal']} | {t['num_classes']} | {t['value']:.2f} | "
-                   f"{'yes' if t['met'] else 'NO'} | {t['detail']} |")
-  lines += ["", f"Peak resident memory of the process: {out['peak_rss_gib']:.1f} GiB.",
-            "Random weights: costs only, never accuracy.", ""]
-  return "\n".join(lines)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to configs/throughput.py.",
