@@ -22,6 +22,7 @@ from metatpt_jax.bench import defaults
 from metatpt_jax.clip import hub
 from metatpt_jax.data import benchmarks, tfds_builders
 
+VIEW_CHUNK = 8
 METHODS = ("zero_shot", "tpt", "metatpt", "metatpt_first_order", "metatpt_joint",
            "metatpt_fixed_aug", "metatpt_offline")
 GROUPS = {"main": ("zero_shot", "tpt", "metatpt"), "all": METHODS}
@@ -59,7 +60,9 @@ def get_config(arg: str = ""):
   c.data.classnames_dir = ""  # "" -> the packaged metatpt_jax/assets/datasets/<name>.json
   c.seeds = (0,)
   c.batch_size = 1
-  every = defaults.all_methods()
+  # The inner gradient over chunks of VIEW_CHUNK views: the same meta-gradient in 2.8 GiB per
+  # sample instead of 23 (B/16, 64 views, 10 classes; docs/THROUGHPUT.md).
+  every = defaults.all_methods(view_chunk=VIEW_CHUNK)
   every.tpt.view_kind = bench.view_kind
   c.methods = {name: every[name] for name in methods}
   c.output_dir = os.path.join("runs", "paper", bench.name, method_arg)

@@ -85,8 +85,10 @@ PER_VIEW_AUX: dict[str, Callable] = {
 
 
 def _mean_of_per_view(name):
-  return lambda logits, feats: jnp.mean(
-      PER_VIEW_AUX[name](logits[1:], feats[1:], logits[0], feats[0]))
+  def loss(logits, feats):  # feats may be None for the losses that read only logits
+    rest, ref = (None, None) if feats is None else (feats[1:], feats[0])
+    return jnp.mean(PER_VIEW_AUX[name](logits[1:], rest, logits[0], ref))
+  return loss
 
 
 # Auxiliary (inner-loop) losses: fn(logits [V, C], image_features [V, E]) -> scalar.

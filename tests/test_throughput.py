@@ -53,6 +53,8 @@ def test_tiny_run_reports_every_cell_and_the_targets(tmp_path):
   tpt = next(r for r in out["rows"] if r["method"] == "tpt" and r["batch"] == 1)
   meta = next(r for r in out["rows"] if r["method"] == "metatpt_second" and r["batch"] == 1)
   assert meta["flops_per_sample"] > 1.5 * tpt["flops_per_sample"]
+  # Its inner gradient runs over chunks of views, so its FLOPs are counted without the chunks.
+  assert meta["flops_counted_on"] == "the same step without chunks" and "flops_counted_on" not in tpt
   assert out["torch"][0]["samples_per_s"] > 0 and out["ceiling"]["flops_per_s"] > 1e9
   goals = {t["goal"].split(" ")[0] + " " + t["goal"].split(" ")[1] for t in out["targets"]}
   assert goals == {"JAX TPT", "tpt compiled", "metatpt_second compiled", "MetaTPT 2nd",
@@ -71,3 +73,20 @@ def test_cells_over_the_memory_limit_are_skipped_with_the_reason(tmp_path):
   throughput.run(cfg)
   (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
   assert "memory_limit_gib" in row["skipped"] and "samples_per_s" not in row
+
+
+def test_cost_table_interpolates_between_measured_class_counts():
+  from metatpt_jax.bench import cost_table  # pylint: disable=import-outside-toplevel
+  rows = [dict(method="tpt", batch=1, num_classes=10, flops_per_sample=2e12, s_per_sample=20.0),
+          dict(method="tpt", batch=1, num_classes=1000, flops_per_sample=12e12,
+               s_per_sample=60.0),
+          dict(method="metatpt_second", batch=1, num_classes=10, flops_per_sample=10e12),
+          dict(method="metatpt_second", batch=2, num_classes=10, flops_per_sample=1.0)]
+  text = cost_table.table(dict(rows=rows), tflops=100.0)
+  # ImageNet-R: 200 classes, 30,000 images; TPT 2 + 10 * 190 / 990 = 3.92 TFLOP per image.
+  line = next(l for l in text.splitlines() if l.startswith("| imagenet_r |"))
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[3:5] == ["3.9", "10.0"], cells
+  assert float(cells[5]) == pytest.approx(30000 * 3.919e12 / 100e12 / 3600, abs=0.01)
+  with pytest.raises(SystemExit, match="no batch-1 'metatpt_second'"):
+    cost_table.table(dict(rows=rows[:2]), tflops=100.0)

@@ -102,3 +102,13 @@ def test_view_chunk_is_not_part_of_a_records_fingerprint():
       setting(SPEC._replace(view_chunk=7)))
   assert fp_lib.fingerprint(setting(SPEC)) != fp_lib.fingerprint(
       setting(SPEC._replace(inner_lr=0.4)))
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(view_chunk=-1), "view_chunk=-1"),
+    (dict(view_chunk=4, aux_loss="marginal_entropy"), "mean of per-view terms")])
+def test_benchmark_rejects_bad_view_chunks_before_running(fields, match):
+  from metatpt_jax.bench import defaults, methods  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(UserError, match=match):
+    methods.method_spec(defaults.metatpt_method(**fields))

@@ -42,7 +42,9 @@ def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False)
+  # class_chunk: the text tower over this many classes at a time (0: all; bounds memory at 1000)
+  c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False,
+                 class_chunk=0)
   c.prompt = dict(n_ctx=4, init="a photo of a")
   # canvas_size: paper datasets keep each decoded image (aspect kept, longer side at most this
   # many pixels) for TPT's random crops, as the public code crops the full image; 0 crops from

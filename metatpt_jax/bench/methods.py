@@ -52,6 +52,13 @@ def _check_metatpt(spec: metatpt.MetaTPTSpec) -> None:
     if getattr(spec, name) not in valid:
       raise UserError(f"MetaTPT {name}={getattr(spec, name)!r}; choose one of {valid}.")
   metatpt.losses.get_aux_loss(spec.aux_loss)
+  if spec.view_chunk < 0:
+    raise UserError(f"MetaTPT view_chunk={spec.view_chunk}; use 0 (all views at once) or a "
+                    "positive number of views per chunk.")
+  if spec.view_chunk and spec.aux_loss not in metatpt.losses.PER_VIEW_AUX:
+    raise UserError(f"MetaTPT view_chunk={spec.view_chunk} needs an auxiliary loss that is a "
+                    f"mean of per-view terms ({sorted(metatpt.losses.PER_VIEW_AUX)}); "
+                    f"aux_loss={spec.aux_loss!r} is not: set view_chunk=0.")
   if spec.num_keep < 1 or spec.outer_steps < 1 or spec.inner_steps < 0:
     raise UserError("MetaTPT needs n_views * selection_ratio >= 1, outer_steps >= 1, "
                      f"inner_steps >= 0; got {spec}.")
