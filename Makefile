@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test install data demo bench clean folder-domain
+.PHONY: test lint install data demo bench clean folder-domain
 FOLDER_DOMAIN := runs/folder_domains/fashion_mnist_motion_blur_3_jpeg
 
 $(STAMP): setup.cfg pyproject.toml
@@ -31,6 +31,11 @@ $(FASHION_MNIST):
 
 test: $(STAMP) data
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
+
+# ruff (configured in ruff.toml), then the file and function size limits of tools/check_shape.py.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python tools/check_shape.py
 
 demo: $(STAMP) data
 	$(VENV)/bin/metatpt-bench --config configs/bench_small_v2.py:demo
