@@ -129,3 +129,11 @@ def hf_reference(tmp_path_factory):
 def tiny_hf_dir(hf_reference) -> pathlib.Path:
   """Directory of a tiny HF CLIP checkpoint (config.json + model.safetensors). Do not modify."""
   return hf_reference("tiny").directory
+
+
+@pytest.fixture(scope="module")
+def x64():
+  """JAX in float64 for a whole test module (module scope, so module fixtures can use it)."""
+  import jax  # imported on use, like torch above
+  with jax.enable_x64(True):
+    yield

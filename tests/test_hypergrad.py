@@ -17,14 +17,11 @@ SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
 FD_EPS = 1e-7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 @pytest.fixture(scope="module")
-def tiny(x64):  # pylint: disable=redefined-outer-name,unused-argument
+def tiny(x64):  # pylint: disable=unused-argument
   frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(jnp.float64)
   phi = h.init_phi(SPEC, dtype=jnp.float64, perturb=0.3)

@@ -20,12 +20,6 @@ SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
                            generator=gen.GeneratorSpec(hidden=8))
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def _setup(spec=SPEC):
   frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(jnp.float64)

@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil
 
 from metatpt_jax.clip import preprocess as pp
+from metatpt_jax.clip.config import IMAGE_MEAN, IMAGE_STD
 
 # (height, width): landscape, portrait, square, upsampling, extreme aspect ratios (PIL then
 # runs its vertical pass first for the tall ones), one side already 224.
@@ -100,7 +101,7 @@ def test_batch_equals_single_images():
 
 def test_constant_image_normalises_to_known_values():
   image = np.full((40, 60, 3), 255, np.uint8)
-  expected = (1.0 - np.array(pp.IMAGE_MEAN)) / np.array(pp.IMAGE_STD)
+  expected = (1.0 - np.array(IMAGE_MEAN)) / np.array(IMAGE_STD)
   np.testing.assert_allclose(pp.preprocess(image, size=32), np.broadcast_to(expected, (32, 32, 3)),
                              rtol=1e-6)
 

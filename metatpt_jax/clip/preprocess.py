@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metatpt_jax.clip.config import IMAGE_MEAN, IMAGE_STD
+from metatpt_jax.image_ops import clip_normalize
 
 _PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point coefficients for 8-bit images
 _BICUBIC_SUPPORT = 2.0
@@ -98,6 +98,15 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
   return images[..., top:top + size, left:left + size, :]
 
 
+def resize_and_center_crop(images: np.ndarray, size: int) -> np.ndarray:
+  """[..., H, W, C] -> [..., size, size, C]: CLIP's view 0 before scaling and normalising.
+
+  The one squaring rule of the project's CLIP-style inputs (image folders, paper datasets,
+  `preprocess`): shorter side resized, then torchvision's centre crop. uint8 stays uint8.
+  """
+  return center_crop(resize_shorter_side(images, size), size)
+
+
 def _validated(images: np.ndarray, rank: int, what: str) -> np.ndarray:
   """Checks rank, channels, dtype and range; greyscale [.., 1] becomes RGB by repetition."""
   images = np.asarray(images)
@@ -126,11 +135,6 @@ def _validated(images: np.ndarray, rank: int, what: str) -> np.ndarray:
   return images
 
 
-def _normalize(images):
-  scaled = images / 255.0 if images.dtype == np.uint8 else images
-  return ((scaled - np.asarray(IMAGE_MEAN)) / np.asarray(IMAGE_STD)).astype(np.float32)
-
-
 def preprocess_batch(images: np.ndarray, size: int = 224) -> np.ndarray:
   """CLIP preprocessing of equal-sized images.
 
@@ -141,8 +145,10 @@ def preprocess_batch(images: np.ndarray, size: int = 224) -> np.ndarray:
   Returns:
     [N, S, S, 3] float32, CLIP-normalised.
   """
-  images = _validated(images, 4, "images")
-  return _normalize(center_crop(resize_shorter_side(images, size), size))
+  images = resize_and_center_crop(_validated(images, 4, "images"), size)
+  # float64 here (resize_shorter_side returns uint8 or float64): one rounding, to float32.
+  scaled = images / 255.0 if images.dtype == np.uint8 else images
+  return clip_normalize(scaled, np).astype(np.float32)
 
 
 def preprocess(image: np.ndarray, size: int = 224) -> np.ndarray:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metatpt_jax import batching
 from metatpt_jax.clip import model
 from metatpt_jax.clip.config import CLIPArch
 
@@ -23,16 +24,6 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 @functools.partial(jax.jit, static_argnames="arch")
 def _text_features(params, token_ids, arch):
   return model.normalize(model.encode_text(params, token_ids, arch))
-
-
-def _padded_batches(array: np.ndarray, batch_size: int):
-  """Yields (batch, n_real) with every batch exactly `batch_size` rows (zero-padded)."""
-  for start in range(0, len(array), batch_size):
-    chunk = array[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    yield chunk, batch_size - pad
 
 
 def _prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -73,8 +64,8 @@ def build_classifier(params, arch: CLIPArch, class_names: Sequence[str],
   token_ids = np.asarray(tokenizer(prompts, context_length=arch.text.context_length), np.int32)
   chex.assert_shape(token_ids, (len(prompts), arch.text.context_length))
   features = np.concatenate([
-      np.asarray(_text_features(params, batch, arch))[:n]
-      for batch, n in _padded_batches(token_ids, batch_size)])
+      np.asarray(_text_features(params, padded, arch))[:len(real)]
+      for real, padded in batching.padded_batches(token_ids, batch_size)])
   per_template = features.reshape(len(class_names), -1, features.shape[-1])  # [C, T, E]
   return model.normalize(jnp.asarray(per_template.mean(axis=1)))
 
@@ -114,7 +105,7 @@ def zeroshot_logits(params, images, classifier, arch: CLIPArch):
 def classify(params, arch: CLIPArch, images, classifier, batch_size: int = 64) -> np.ndarray:
   """Zero-shot logits for any number of images, in fixed-size batches.
 
-  Every batch has exactly `batch_size` images (the last one zero-padded), so any N reuses a
+  Every batch has exactly `batch_size` images (the last one padded), so any N reuses a
   single compilation.
 
   Args:
@@ -130,5 +121,5 @@ def classify(params, arch: CLIPArch, images, classifier, batch_size: int = 64) -
   if not len(images):
     return np.zeros((0, classifier.shape[0]), np.float32)
   return np.concatenate([
-      np.asarray(zeroshot_logits(params, batch, classifier, arch))[:n]
-      for batch, n in _padded_batches(images, batch_size)])
+      np.asarray(zeroshot_logits(params, padded, classifier, arch))[:len(real)]
+      for real, padded in batching.padded_batches(images, batch_size)])

@@ -31,8 +31,10 @@ import grain
 import numpy as np
 
 from metatpt_jax import sharding
-from metatpt_jax.errors import UserError
+from metatpt_jax.clip import preprocess
 from metatpt_jax.data import sources
+from metatpt_jax.data.labelled import Domain, stratified_subset
+from metatpt_jax.errors import UserError
 
 PREFIX = "paper"
 _READ_THREADS = 16
@@ -178,12 +180,6 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
   return image
 
 
-def clip_square(image: np.ndarray, size: int) -> np.ndarray:
-  """A decoded image -> [size, size, 3] uint8 as CLIP sees it (view 0): shorter side resized to
-  `size` (PIL bicubic), centre crop."""
-  return sources.square_image(as_rgb(image), size)
-
-
 def to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, np.ndarray]:
   """A decoded image on a [canvas_size, canvas_size, 3] uint8 canvas (top-left, zero padding)
   and its extent [2] int32 (height, width). Aspect ratio is kept; an image whose longer side
@@ -205,7 +201,7 @@ def to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, np.ndarr
 def view_inputs(image: np.ndarray, size: int, canvas_size: int) -> dict:
   """What a method reads of one decoded image: view 0 ("image") and, with canvas_size > 0, the
   full image the random views are cut from ("canvas", "extent")."""
-  out = {"image": clip_square(image, size)}
+  out = {"image": preprocess.resize_and_center_crop(as_rgb(image), size)}
   if canvas_size:
     out["canvas"], out["extent"] = to_canvas(image, canvas_size)
   return out
@@ -303,7 +299,7 @@ def read_image_folder(bench: Benchmark, classes: dict, root: str) -> Records:
     raise sources.MissingSourceError(
         f"Image folder {root!r} for {bench.name} does not exist; it needs one sub-folder per "
         f"class, named as `label_names` in metatpt_jax/assets/datasets/{bench.name}.json.")
-  found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  found = sources.class_folders(root)
   what = f"{bench.name} folder {root}"
   unknown = sorted(set(found) - set(classes["label_names"]))
   missing = sorted(set(classes["label_names"]) - set(found))
@@ -313,33 +309,22 @@ def read_image_folder(bench: Benchmark, classes: dict, root: str) -> Records:
         f"{len(classes['label_names'])} classes; sub-folders not in the class-name file: "
         f"{unknown[:5]}, classes without a sub-folder: {missing[:5]}. Name the sub-folders as "
         f"`label_names` in metatpt_jax/assets/datasets/{bench.name}.json.")
-  index = {n: i for i, n in enumerate(classes["label_names"])}
-  paths, labels = [], []
-  for name in found:
-    for file in sorted(os.listdir(os.path.join(root, name))):
-      if file.lower().endswith(sources.IMAGE_EXTENSIONS):
-        paths.append(os.path.join(root, name, file))
-        labels.append(index[name])
+  paths, folder = sources.image_files(root, found)
+  label_of_folder = np.array([classes["label_names"].index(n) for n in found], np.int32)
   # Every file is decoded once before any work, so an unreadable one is skipped (one warning
   # naming each) instead of aborting the run midway.
-  readable = readable_files(root, paths)
-  paths, labels = [paths[i] for i in readable], [labels[i] for i in readable]
+  readable = list(readable_files(root, tuple(paths)))
+  paths, labels = [paths[i] for i in readable], label_of_folder[folder[readable]]
   if not paths:
     raise UserError(f"{what} holds no readable images ({', '.join(sources.IMAGE_EXTENSIONS)}).")
   return Records(lambda i: sources.decode_image(paths[i]), np.arange(len(paths), dtype=np.int64),
-                 np.asarray(labels, np.int32))
+                 labels)
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(root: str, paths: tuple) -> tuple:
-  decoded, failures = sources.decode_all(list(paths), _READ_THREADS)
-  sources.warn_unreadable(root, failures)
-  return tuple(i for i, im in enumerate(decoded) if im is not None)
-
-
-def readable_files(root: str, paths: list[str]) -> tuple:
+def readable_files(root: str, paths: tuple) -> tuple:
   """Positions of the files of `paths` that decode (once per process and folder listing)."""
-  return _scan(root, tuple(paths))
+  return tuple(sources.decode_readable(root, list(paths), _READ_THREADS)[1])
 
 
 def parse_paper_spec(spec: str) -> tuple[Benchmark, str | None]:
@@ -360,7 +345,7 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
                    image_size: int = 224, data_dir: str | None = None,
                    classnames_dir: str | None = None, process_index: int | None = 0,
                    process_count: int | None = 1, canvas_size: int = 0):
-  """Loads a paper dataset as a `domains.Domain` with lazily read images.
+  """Loads a paper dataset as a `Domain` with lazily read images.
 
   Args:
     spec: 'paper:<name>' or 'paper:<name>:<folder>' (module docstring).
@@ -378,15 +363,16 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
   Returns:
     Domain(name=spec, images=LazyImages [N, S, S, 3] uint8, labels [N] int32, class_names).
   """
-  from metatpt_jax.data import domains, tfds_builders  # pylint: disable=import-outside-toplevel
+  # On use: tfds_builders imports tensorflow_datasets, which folder-only users never need.
+  from metatpt_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
   bench, folder = parse_paper_spec(spec)
   classes = load_classes(bench.name, classnames_dir)
   if folder:
     records = read_image_folder(bench, classes, folder)
   else:
     records = read_tfds(bench, classes, data_dir or tfds_builders.default_data_dir())
-  keep = domains.stratified_subset(records.labels, num_images or len(records.labels), seed)
+  keep = stratified_subset(records.labels, num_images or len(records.labels), seed)
   keep = keep[sharding.process_slice(len(keep), process_index, process_count)]
   images = lazy_images(records.read, records.positions[keep], image_size, canvas_size)
   name = f"{PREFIX}:{bench.name}" + (f":{folder}" if folder else "")
-  return domains.Domain(name, images, records.labels[keep], list(classes["classnames"]))
+  return Domain(name, images, records.labels[keep], list(classes["classnames"]))

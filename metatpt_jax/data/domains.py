@@ -23,25 +23,11 @@ from typing import NamedTuple
 import numpy as np
 
 from metatpt_jax.data import benchmarks, corruptions, sources, tfds_builders
+from metatpt_jax.data.labelled import Domain, stratified_subset
 from metatpt_jax.errors import UserError
 
 PACKAGED_SOURCES = tuple(tfds_builders.BUILDERS)
 SOURCES = PACKAGED_SOURCES + ("folder", "paper")
-
-
-class Domain(NamedTuple):
-  """A labelled image set.
-
-  Attributes:
-    name: canonical spec, e.g. "fashion_mnist:gaussian_noise:5".
-    images: [N, S, S, 3] uint8.
-    labels: [N] int32 in [0, len(class_names)).
-    class_names: natural-language class names, in label order.
-  """
-  name: str
-  images: np.ndarray
-  labels: np.ndarray
-  class_names: list
 
 
 class DomainSpec(NamedTuple):
@@ -91,7 +77,11 @@ def parse_spec(spec: str) -> DomainSpec:
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """[N, H, W, 3] uint8 -> [N, size, size, 3] uint8 (bilinear, as the 28-px sets are upsampled)."""
+  """Square [N, H, H, 3] uint8 -> [N, size, size, 3] uint8 (bilinear, as the 28-px sets are
+  upsampled). Nothing is cropped: images of other shapes go through CLIP's resize and centre
+  crop (`preprocess.resize_and_center_crop`), as the folder and paper sources do."""
+  if images.shape[1] != images.shape[2]:
+    raise ValueError(f"resize_images takes square images, got shape {images.shape}.")
   if images.shape[1:3] == (size, size):
     return images
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -116,22 +106,6 @@ def load_source(source: str, split: str, image_size: int, path: str | None = Non
     raise UserError(f"Unknown source {source!r}; valid sources: {', '.join(SOURCES)}.")
   images.flags.writeable = False
   return images, labels, names
-
-
-def stratified_subset(labels: np.ndarray, num: int, seed: int) -> np.ndarray:
-  """Indices [min(num, N)] (ascending) of a seeded subset with classes as balanced as they
-  allow: classes are visited round-robin, each in its own random order."""
-  if num >= len(labels):
-    return np.arange(len(labels))
-  rng = np.random.default_rng(seed)
-  per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-  rank = np.empty(len(labels), np.int64)  # position of each image in its class's order
-  for members in per_class:
-    rank[members] = np.arange(len(members))
-  # Round-robin = sort by (rank within class, random class tie-break).
-  tiebreak = rng.permutation(len(labels))
-  order = np.lexsort((tiebreak, rank))
-  return np.sort(order[:num])
 
 
 def shift_seeds(seed: int, shift: str, severity: int, indices: np.ndarray) -> np.ndarray:

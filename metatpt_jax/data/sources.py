@@ -16,6 +16,7 @@ image tower takes RGB.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import hashlib
 import importlib.util
@@ -26,6 +27,7 @@ import pickle
 import numpy as np
 
 from metatpt_jax import errors
+from metatpt_jax.clip import preprocess
 from metatpt_jax.errors import UserError
 
 LOG = logging.getLogger("metatpt_jax")
@@ -138,13 +140,23 @@ def read_animal_mnist(split: str):
   return grey_to_rgb(images[keep]), labels[keep], list(ANIMAL_MNIST_CLASSES)
 
 
-def _list_classes(root: str):
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-  if not classes:
-    raise UserError(f"Image folder {root!r} has no class sub-folders; expected one sub-folder "
-                     f"per class (e.g. {root}/cat/0001.png).")
-  return classes
+def class_folders(root: str) -> list[str]:
+  """Sorted names of the class sub-folders of `root` (hidden ones, e.g. .ipynb_checkpoints,
+  skipped)."""
+  return sorted(d for d in os.listdir(root)
+                if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+
+
+def image_files(root: str, folders: list[str]) -> tuple[list[str], np.ndarray]:
+  """The image files in the sub-folders `folders` of `root`, in folder order then sorted by
+  name: (paths, each path's position in `folders` [N] int32)."""
+  paths, positions = [], []
+  for position, name in enumerate(folders):
+    for file in sorted(os.listdir(os.path.join(root, name))):
+      if file.lower().endswith(IMAGE_EXTENSIONS):
+        paths.append(os.path.join(root, name, file))
+        positions.append(position)
+  return paths, np.asarray(positions, np.int32)
 
 
 def decode_image(path: str) -> np.ndarray:
@@ -154,17 +166,15 @@ def decode_image(path: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"), np.uint8)
 
 
-def warn_unreadable(root: str, failures: list[tuple[str, str]]) -> None:
-  """One warning naming every unreadable file under `root` (they are skipped)."""
-  if failures:
-    names = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in failures)
-    LOG.warning("skipped %d unreadable image(s) in %s: %s", len(failures), root, names)
+def decode_readable(root: str, paths: list[str], threads: int = 16):
+  """Decodes every file of `paths` (under `root`) in threads.
 
+  Unreadable files are skipped with one warning that names each, so a bad file never aborts
+  a run midway.
 
-def decode_all(paths: list[str], threads: int = 16):
-  """Decodes every file: (images or None per path, [(path, reason)] of the unreadable ones)."""
-  import concurrent.futures  # pylint: disable=import-outside-toplevel
-
+  Returns:
+    the readable images (RGB uint8 [H, W, 3] each), their positions in `paths` [M] int64.
+  """
   def one(path):
     try:
       return decode_image(path), None
@@ -172,15 +182,13 @@ def decode_all(paths: list[str], threads: int = 16):
       return None, f"{type(err).__name__}: {errors.one_line(err)}"
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = list(pool.map(one, paths))
-  failures = [(p, why) for p, (_, why) in zip(paths, results) if why is not None]
-  return [im for im, _ in results], failures
-
-
-def square_image(image: np.ndarray, size: int) -> np.ndarray:
-  """[H, W, 3] uint8 -> [size, size, 3] uint8 as CLIP sees it (PIL bicubic resize of the shorter
-  side, torchvision's centre crop)."""
-  from metatpt_jax.clip import preprocess  # pylint: disable=import-outside-toplevel
-  return preprocess.center_crop(preprocess.resize_shorter_side(image, size), size)
+  failures = [f"{os.path.relpath(p, root)} ({why})"
+              for p, (_, why) in zip(paths, results, strict=True) if why is not None]
+  if failures:
+    LOG.warning("skipped %d unreadable image(s) in %s: %s", len(failures), root,
+                "; ".join(failures))
+  keep = [i for i, (image, _) in enumerate(results) if image is not None]
+  return [results[i][0] for i in keep], np.asarray(keep, np.int64)
 
 
 def read_folder(root: str, split: str = "test", size: int = 32):
@@ -190,7 +198,8 @@ def read_folder(root: str, split: str = "test", size: int = 32):
   Unreadable files are skipped with one warning that names each of them.
 
   Returns:
-    images [N, size, size, 3] uint8, labels [N] int32, class names (sorted folder names).
+    images [N, size, size, 3] uint8 as CLIP sees them (`preprocess.resize_and_center_crop`),
+    labels [N] int32, class names (sorted folder names).
   """
   check_split(split)
   if not os.path.isdir(root):
@@ -201,19 +210,14 @@ def read_folder(root: str, split: str = "test", size: int = 32):
   elif split == "train":
     raise UserError(f"Image folder {root!r} has no train/ and test/ sub-folders, so it is a "
                     f"test-only source; ask for split='test'.")
-  classes = _list_classes(root)
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    folder = os.path.join(root, name)
-    for file in sorted(os.listdir(folder)):
-      if file.lower().endswith(IMAGE_EXTENSIONS):
-        paths.append(os.path.join(folder, file))
-        labels.append(label)
-  decoded, failures = decode_all(paths)
-  warn_unreadable(root, failures)
-  keep = [i for i, im in enumerate(decoded) if im is not None]
-  if not keep:
+  classes = class_folders(root)
+  if not classes:
+    raise UserError(f"Image folder {root!r} has no class sub-folders; expected one sub-folder "
+                    f"per class (e.g. {root}/cat/0001.png).")
+  paths, labels = image_files(root, classes)
+  images, keep = decode_readable(root, paths)
+  if not images:
     raise UserError(f"Image folder {root!r} holds no readable images "
                     f"({', '.join(IMAGE_EXTENSIONS)}).")
-  return (np.stack([square_image(decoded[i], size) for i in keep]),
-          np.asarray(labels, np.int32)[keep], [c.replace("_", " ") for c in classes])
+  return (np.stack([preprocess.resize_and_center_crop(im, size) for im in images]),
+          labels[keep], [c.replace("_", " ") for c in classes])
