@@ -55,6 +55,10 @@ BUDGET_STEPS = (1, 4)
 BUDGET_LRS = {"005": 5e-3, "02": 2e-2, "05": 5e-2}
 
 
+def _zero_shot():
+  return defaults.method_config("zero_shot")
+
+
 # Each method's best dev mean in the budget grid (`dev_budget`, 4 dev domains x 150 train images,
 # seed 0): TPT 63.5 % at 4 steps, lr 5e-2; MetaTPT 62.8 % at 4 steps, lr 2e-2 (docs/OFFLINE_V2.md).
 CHOSEN = ("tpt_s4_lr05", "metatpt_s4_lr02")
@@ -64,7 +68,7 @@ def budget_grid() -> dict:
   """TPT and MetaTPT at every (steps, prompt lr) of the budget rule, named
   <method>_s<steps>_lr<tag> (MetaTPT re-selects its confident views every outer step: the
   dev_steps probe found it not worse)."""
-  grid = {"zero_shot": dict(kind="zero_shot")}
+  grid = {"zero_shot": _zero_shot()}
   for steps in BUDGET_STEPS:
     for tag, lr in BUDGET_LRS.items():
       grid[f"tpt_s{steps}_lr{tag}"] = defaults.tpt_method(steps=steps, lr=lr)
@@ -77,104 +81,121 @@ def budget_grid() -> dict:
   return grid
 
 
+def _levels(c):
+  c.data.domains = CANDIDATES
+  c.data.num_images = 1000
+  c.methods = {"zero_shot": _zero_shot()}
+  c.output_dir = "runs/bench_small_v2_levels"
+
+
+def _dev_split(c, num_images):
+  """The development set: shifted *train* images of the dev domains."""
+  c.data.split = "train"
+  c.data.domains = DEV_DOMAINS
+  c.data.num_images = num_images
+  c.output_dir = "runs/bench_small_v2_dev"
+
+
+def _dev(c):
+  _dev_split(c, 300)
+  c.methods = {"zero_shot": _zero_shot(), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method()}
+
+
+def _dev_metatpt(c):
+  # MetaTPT variants at TPT's published settings (1 outer step at prompt lr 5e-3, 64 views),
+  # paired with TPT on the same dev images. At one outer step `selection` makes no difference.
+  _dev_split(c, 300)
+  c.methods = {
+      "zero_shot": _zero_shot(), "tpt": defaults.tpt_method(),
+      "metatpt": defaults.metatpt_method(),
+      "metatpt_cons0": defaults.metatpt_method(consistency_weight=0.0),
+      "metatpt_shift": defaults.metatpt_method(**SHIFT),
+      "metatpt_shift_agree": defaults.metatpt_method(**SHIFT, aux_loss="confident_agreement"),
+      "metatpt_shift_agree_cons0": defaults.metatpt_method(
+          **SHIFT, aux_loss="confident_agreement", consistency_weight=0.0),
+  }
+
+
+def _dev_steps(c):
+  # Beyond one step: 4 steps at prompt lr 0.05 (the v1 sweep's best TPT budget), where MetaTPT
+  # lost 3-5 points to TPT on v1; selecting the confident views once, as TPT does, or anew at
+  # every outer step. 150 train images per domain (a budget probe, not the protocol's grid).
+  _dev_split(c, 150)
+  steps = dict(outer_steps=4, prompt_lr=0.05)
+  # Named as the budget grid's cells (`dev_budget`), which share these records.
+  c.methods = {
+      "zero_shot": _zero_shot(), "tpt_s1_lr005": defaults.tpt_method(),
+      "tpt_s4_lr05": defaults.tpt_method(steps=4, lr=0.05),
+      "metatpt_s4_lr05_once": defaults.metatpt_method(**steps, selection="first_step"),
+      "metatpt_s4_lr05": defaults.metatpt_method(**steps, selection="every_step"),
+  }
+
+
+def _dev_budget(c):
+  # The budget rule's grid on the development split (150 train images per dev domain, as
+  # dev_steps, whose two 4-step lr-0.05 cells it shares).
+  _dev_split(c, 150)
+  c.methods = budget_grid()
+
+
+def _demo(c):
+  # `make demo`: the first four test domains (by the order of TEST_DOMAINS, not by any
+  # result), 200 held-out test images each, one seed; zero-shot, TPT and MetaTPT at TPT's
+  # published settings, and the generated views before/after the inner step.
+  c.data.domains = TEST_DOMAINS[:4]
+  c.data.num_images = 200
+  # metatpt_shift: the generator one inner step moves visibly (dev: -2.1 +- 1.4 against TPT),
+  # so that views_metatpt_shift.png shows what an inner step does; views_metatpt.png shows the
+  # reconstruction's, which do not change.
+  c.methods = {"zero_shot": _zero_shot(), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method(),
+               "metatpt_shift": defaults.metatpt_method(**SHIFT)}
+  c.plot_views = True
+  c.output_dir = "runs/demo_v2"
+
+
+def _test_split(c, num_images, seeds, output_dir):
+  c.data.domains = TEST_DOMAINS
+  c.data.num_images = num_images
+  c.seeds = seeds
+  c.output_dir = output_dir
+
+
+def _test(c):
+  # Published-settings group: TPT's defaults for every method; MetaTPT as reconstructed, the
+  # best of the variants on the development split (`dev_metatpt`).
+  _test_split(c, 1000, (0, 1, 2), "runs/bench_small_v2_test")
+  c.methods = {"zero_shot": _zero_shot(), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method()}
+
+
+def _test_chosen(c):
+  # Chosen-settings group: each method at its best dev mean under the budget rule
+  # (`dev_budget`), in the same output_dir as `test`, so zero-shot's records are shared.
+  _test_split(c, 1000, (0, 1, 2), "runs/bench_small_v2_test")
+  grid = budget_grid()
+  c.methods = {"zero_shot": _zero_shot(), **{name: grid[name] for name in CHOSEN}}
+
+
+def _test_ablations(c):
+  # MetaTPT's ablations on the test domains at published settings (500 images, one seed, as
+  # the issue allows), each paired with MetaTPT, TPT and zero-shot on the same images.
+  _test_split(c, 500, (0,), "runs/bench_small_v2_test_ablations")
+  c.methods = defaults.all_methods()
+
+
+VARIANTS = {"levels": _levels, "dev": _dev, "dev_metatpt": _dev_metatpt, "dev_steps": _dev_steps,
+            "dev_budget": _dev_budget, "demo": _demo, "test": _test, "test_chosen": _test_chosen,
+            "test_ablations": _test_ablations}
+
+
 def get_config(arg: str = "levels"):
+  if arg not in VARIANTS:
+    raise ValueError(f"Unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}.")
   c = defaults.base_config()
   c.model.checkpoint = "checkpoints/small_clip_v2"
   c.seeds = (0,)
   c.plot_views = False
-  if arg == "levels":
-    c.data.domains = CANDIDATES
-    c.data.num_images = 1000
-    c.methods = {"zero_shot": dict(kind="zero_shot")}
-    c.output_dir = "runs/bench_small_v2_levels"
-  elif arg == "dev":
-    c.data.split = "train"
-    c.data.domains = DEV_DOMAINS
-    c.data.num_images = 300
-    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
-                 "metatpt": defaults.metatpt_method()}
-    c.output_dir = "runs/bench_small_v2_dev"
-  elif arg == "dev_metatpt":
-    # MetaTPT variants at TPT's published settings (1 outer step at prompt lr 5e-3, 64 views),
-    # paired with TPT on the same dev images. At one outer step `selection` makes no difference.
-    c.data.split = "train"
-    c.data.domains = DEV_DOMAINS
-    c.data.num_images = 300
-    c.methods = {
-        "zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
-        "metatpt": defaults.metatpt_method(),
-        "metatpt_cons0": defaults.metatpt_method(consistency_weight=0.0),
-        "metatpt_shift": defaults.metatpt_method(**SHIFT),
-        "metatpt_shift_agree": defaults.metatpt_method(**SHIFT, aux_loss="confident_agreement"),
-        "metatpt_shift_agree_cons0": defaults.metatpt_method(
-            **SHIFT, aux_loss="confident_agreement", consistency_weight=0.0),
-    }
-    c.output_dir = "runs/bench_small_v2_dev"
-  elif arg == "dev_steps":
-    # Beyond one step: 4 steps at prompt lr 0.05 (the v1 sweep's best TPT budget), where MetaTPT
-    # lost 3-5 points to TPT on v1; selecting the confident views once, as TPT does, or anew at
-    # every outer step. 150 train images per domain (a budget probe, not the protocol's grid).
-    c.data.split = "train"
-    c.data.domains = DEV_DOMAINS
-    c.data.num_images = 150
-    steps = dict(outer_steps=4, prompt_lr=0.05)
-    # Named as the budget grid's cells (`dev_budget`), which share these records.
-    c.methods = {
-        "zero_shot": dict(kind="zero_shot"), "tpt_s1_lr005": defaults.tpt_method(),
-        "tpt_s4_lr05": defaults.tpt_method(steps=4, lr=0.05),
-        "metatpt_s4_lr05_once": defaults.metatpt_method(**steps, selection="first_step"),
-        "metatpt_s4_lr05": defaults.metatpt_method(**steps, selection="every_step"),
-    }
-    c.output_dir = "runs/bench_small_v2_dev"
-  elif arg == "dev_budget":
-    # The budget rule's grid on the development split (150 train images per dev domain, as
-    # dev_steps, whose two 4-step lr-0.05 cells it shares).
-    c.data.split = "train"
-    c.data.domains = DEV_DOMAINS
-    c.data.num_images = 150
-    c.methods = budget_grid()
-    c.output_dir = "runs/bench_small_v2_dev"
-  elif arg == "demo":
-    # `make demo`: the first four test domains (by the order of TEST_DOMAINS, not by any
-    # result), 200 held-out test images each, one seed; zero-shot, TPT and MetaTPT at TPT's
-    # published settings, and the generated views before/after the inner step.
-    c.data.domains = TEST_DOMAINS[:4]
-    c.data.num_images = 200
-    # metatpt_shift: the generator one inner step moves visibly (dev: -2.1 +- 1.4 against TPT),
-    # so that views_metatpt_shift.png shows what an inner step does; views_metatpt.png shows the
-    # reconstruction's, which do not change.
-    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
-                 "metatpt": defaults.metatpt_method(),
-                 "metatpt_shift": defaults.metatpt_method(**SHIFT)}
-    c.plot_views = True
-    c.output_dir = "runs/demo_v2"
-  elif arg == "test":
-    c.data.domains = TEST_DOMAINS
-    c.data.num_images = 1000
-    c.seeds = (0, 1, 2)
-    # Published-settings group: TPT's defaults for every method; MetaTPT as reconstructed, the
-    # best of the variants on the development split (`dev_metatpt`).
-    c.methods = {"zero_shot": dict(kind="zero_shot"), "tpt": defaults.tpt_method(),
-                 "metatpt": defaults.metatpt_method()}
-    c.output_dir = "runs/bench_small_v2_test"
-  elif arg == "test_chosen":
-    # Chosen-settings group: each method at its best dev mean under the budget rule
-    # (`dev_budget`), in the same output_dir as `test`, so zero-shot's records are shared.
-    c.data.domains = TEST_DOMAINS
-    c.data.num_images = 1000
-    c.seeds = (0, 1, 2)
-    grid = budget_grid()
-    c.methods = {"zero_shot": dict(kind="zero_shot"), **{name: grid[name] for name in CHOSEN}}
-    c.output_dir = "runs/bench_small_v2_test"
-  elif arg == "test_ablations":
-    # MetaTPT's ablations on the test domains at published settings (500 images, one seed, as
-    # the issue allows), each paired with MetaTPT, TPT and zero-shot on the same images.
-    c.data.domains = TEST_DOMAINS
-    c.data.num_images = 500
-    c.methods = defaults.all_methods()
-    c.output_dir = "runs/bench_small_v2_test_ablations"
-  else:
-    raise ValueError(f"Unknown variant {arg!r}; valid: 'levels', 'dev', 'dev_metatpt', "
-                     "'dev_steps', 'dev_budget', 'demo', 'test', "
-                     "'test_chosen', 'test_ablations'.")
+  VARIANTS[arg](c)
   return c

@@ -17,9 +17,18 @@ from metatpt_jax.bench import defaults
 # Generated views per chunk of MetaTPT's inner gradient (MetaTPTSpec.view_chunk): memory grows
 # with it, not with n_views; chosen from the compile-only sweep in docs/THROUGHPUT.md.
 VIEW_CHUNK = 8
+# Goals, by number of classes (compile-only memory: by architecture); see throughput_report.
+TARGETS = dict(
+    tpt_vs_torch={"10": 0.95, "200": 1.5, "1000": 2.5},  # JAX TPT / PyTorch loop samples/s
+    tpt_memory_gib={"200": 3.0},                          # TPT compiled, batch 1
+    meta_memory_gib={"10": 8.0, "200": 12.0},             # MetaTPT 2nd order compiled, batch 1
+    meta_vs_tpt={"10": 5.0},                              # MetaTPT / TPT time per sample
+    meta_ceiling={"10": 0.6},                             # MetaTPT FLOP/s / matmul ceiling
+    compile_only_memory_gib={"ViT-L/14": 32.0},           # at num_classes[0]
+)
 
 
-def get_config(arg: str = ""):
+def _base():
   c = ml_collections.ConfigDict()
   c.arch = "ViT-B/16"
   c.n_views = 64
@@ -32,7 +41,7 @@ def get_config(arg: str = ""):
   c.class_chunk = 0             # text tower over this many classes at a time (0: all at once)
   chunked = dict(view_chunk=VIEW_CHUNK)
   c.methods = dict(
-      zero_shot=dict(kind="zero_shot"),
+      zero_shot=defaults.method_config("zero_shot"),
       tpt=defaults.tpt_method(n_views=c.n_views),
       metatpt_first=defaults.metatpt_method(n_views=c.n_views, order="first", **chunked),
       metatpt_second=defaults.metatpt_method(n_views=c.n_views, order="second", **chunked),
@@ -44,6 +53,7 @@ def get_config(arg: str = ""):
   c.torch_reference = True       # TPT as the public one-image PyTorch loop, same weights
   c.torch_samples = 2            # timed images (after one warm-up image)
   c.torch_threads = 0            # 0: PyTorch's default (all cores)
+  c.torch_max_classes = 0        # PyTorch loop only up to this many classes (0: every count)
   c.matmul_size = 4096           # the ceiling: one [n, n] x [n, n] fp32 product
   c.memory_limit_gib = 20.0      # skip cells whose compiled program needs more
   c.max_seconds_per_cell = 900.0
@@ -53,15 +63,7 @@ def get_config(arg: str = ""):
   c.compile_only_policies = (("float32", False), ("float32", True), ("bfloat16", True))
   # (TPT, MetaTPT 2nd order) rows compared by the time-ratio and FLOP/s targets.
   c.meta_target_pair = ("tpt", "metatpt_second")
-  # Goals, by number of classes (compile-only memory: by architecture); see throughput_report.
-  c.targets = dict(
-      tpt_vs_torch={"10": 0.95, "200": 1.5, "1000": 2.5},  # JAX TPT / PyTorch loop samples/s
-      tpt_memory_gib={"200": 3.0},                          # TPT compiled, batch 1
-      meta_memory_gib={"10": 8.0, "200": 12.0},             # MetaTPT 2nd order compiled, batch 1
-      meta_vs_tpt={"10": 5.0},                              # MetaTPT / TPT time per sample
-      meta_ceiling={"10": 0.6},                             # MetaTPT FLOP/s / matmul ceiling
-      compile_only_memory_gib={"ViT-L/14": 32.0},           # at num_classes[0]
-  )
+  c.targets = dict(TARGETS)
   # Restrict the methods run at some class counts (default: every method at every count).
   c.methods_at = {}
   # XLA flags set before JAX starts (the CLI only; e.g. XNNPACK fusion on CPU, see
@@ -69,43 +71,65 @@ def get_config(arg: str = ""):
   c.xla_flags = ""
   c.seed = 0
   c.output_dir = "runs/throughput"
-  if arg == "cpu":  # what 2 CPU cores can measure in ~25 minutes (docs/THROUGHPUT.md)
-    c.batch_sizes = (1,)
-    c.repeats = 1
-    c.torch_samples = 1
-    # No untimed first call: each cell is one timed call (page faults and allocator warm-up
-    # are ~1 s against 20-150 s per call here), so the run fits ~25 minutes.
-    c.warmup = False
-    # Unchunked second order is compiled by the :scaling run; first order is left out for time.
-    del c.methods["metatpt_second_unchunked"], c.methods["metatpt_first"]
-    c.methods_at = {200: ("zero_shot", "tpt", "metatpt_second"), 1000: ("zero_shot", "tpt")}
-    c.output_dir = "runs/throughput_cpu"
-  elif arg == "tiny":
-    c.arch = "tiny"
-    c.n_views = 8
-    c.num_classes = (3, 5)
-    c.batch_sizes = (1, 2)
-    for name, m in c.methods.items():
-      if name != "zero_shot":
-        m.n_views = 8
-        m.selection_ratio = 0.25
-        if m.get("view_chunk"):
-          m.view_chunk = 3
-    c.torch_samples = 1
-    c.matmul_size = 512
-    c.compile_only_archs = ("tiny",)
-    c.compile_only_policies = (("float32", False), ("float32", True))
-    c.targets = dict(tpt_vs_torch={"3": 1.0}, tpt_memory_gib={"3": 1.0},
-                     meta_memory_gib={"3": 1.0}, meta_vs_tpt={"3": 5.0}, meta_ceiling={"3": 0.6},
-                     compile_only_memory_gib={"tiny": 1.0})
-    c.output_dir = "runs/throughput_tiny"
-  elif arg == "scaling":  # compile only: memory per sample at B/16 and L/14 (minutes, no runs)
-    c.num_classes = (200,)
-    c.batch_sizes = ()
-    c.torch_reference = False
-    c.compile_only_archs = ("ViT-B/16", "ViT-L/14")
-    c.compile_only_methods = ("tpt", "metatpt_second", "metatpt_second_unchunked")
-    c.output_dir = "runs/throughput_scaling"
-  elif arg:
+  return c
+
+
+def _cpu(c):
+  """What 2 CPU cores can measure in ~25 minutes (docs/THROUGHPUT.md)."""
+  c.batch_sizes = (1,)
+  c.repeats = 1
+  c.torch_samples = 1
+  # No untimed first call: each cell is one timed call (page faults and allocator warm-up
+  # are ~1 s against 20-150 s per call here), so the run fits ~25 minutes.
+  c.warmup = False
+  # Unchunked second order is compiled by the :scaling run; first order is left out for time.
+  del c.methods["metatpt_second_unchunked"], c.methods["metatpt_first"]
+  c.methods_at = {200: ("zero_shot", "tpt", "metatpt_second"), 1000: ("zero_shot", "tpt")}
+  # The PyTorch loop keeps every layer's activations of 1000 77-token prompts for the backward
+  # (~2 GiB a layer, 12 layers): at 1000 classes the kernel killed it at 24.3 GB resident on
+  # this 24 GiB machine (docs/THROUGHPUT.md). It runs at 10 and 200 classes.
+  c.torch_max_classes = 200
+  c.output_dir = "runs/throughput_cpu"
+
+
+def _tiny(c):
+  """Seconds: the tiny CLIP, 8 views (the tests' size)."""
+  c.arch = "tiny"
+  c.n_views = 8
+  c.num_classes = (3, 5)
+  c.batch_sizes = (1, 2)
+  for name, m in c.methods.items():
+    if name != "zero_shot":
+      m.n_views = 8
+      m.selection_ratio = 0.25
+      if m.get("view_chunk"):
+        m.view_chunk = 3
+  c.torch_samples = 1
+  c.matmul_size = 512
+  c.compile_only_archs = ("tiny",)
+  c.compile_only_policies = (("float32", False), ("float32", True))
+  c.targets = dict(tpt_vs_torch={"3": 1.0}, tpt_memory_gib={"3": 1.0},
+                   meta_memory_gib={"3": 1.0}, meta_vs_tpt={"3": 5.0}, meta_ceiling={"3": 0.6},
+                   compile_only_memory_gib={"tiny": 1.0})
+  c.output_dir = "runs/throughput_tiny"
+
+
+def _scaling(c):
+  """Compile only: memory per sample at B/16 and L/14 (minutes, no runs)."""
+  c.num_classes = (200,)
+  c.batch_sizes = ()
+  c.torch_reference = False
+  c.compile_only_archs = ("ViT-B/16", "ViT-L/14")
+  c.compile_only_methods = ("tpt", "metatpt_second", "metatpt_second_unchunked")
+  c.output_dir = "runs/throughput_scaling"
+
+
+VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling}
+
+
+def get_config(arg: str = ""):
+  if arg not in VARIANTS:
     raise ValueError(f"Unknown variant {arg!r}; valid: '', 'cpu', 'tiny' or 'scaling'.")
+  c = _base()
+  VARIANTS[arg](c)
   return c

@@ -1,7 +1,7 @@
 """Batched test-time adaptation steps: `(state, batch, key) -> (state, metrics)`.
 
-The per-sample methods (`zero_shot_one_sample`, `tpt.tpt_adapt_one_sample`,
-`metatpt.metatpt_adapt_one_sample`) have no batch axis; here `jax.vmap` adds it, and with a mesh
+The per-sample methods (`registry.METHODS`: zero-shot, TPT, MetaTPT) have no batch axis; here
+`jax.vmap` adds it, and with a mesh
 `jax.shard_map` splits the batch over the data axis while the frozen state stays replicated.
 Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on which other
 samples share its batch, their order, or the device it lands on.
@@ -20,44 +20,23 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from metatpt_jax import metatpt, tpt, views
-from metatpt_jax.frozen_clip import (FrozenCLIP, ModelSpec, check_images, class_features,
-                                     encode_images, logits)
+from metatpt_jax import registry, views
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
+from metatpt_jax.image_ops import check_images
 from metatpt_jax.sharding import DATA_AXIS
-
-METHODS = ("zero_shot", "tpt", "metatpt")
 
 
 class AdaptState(NamedTuple):
   """Everything a step reads but does not change per sample."""
   frozen: FrozenCLIP
-  phi: Any = None    # generator parameters MetaTPT starts from (None for other methods)
-
-
-def zero_shot_one_sample(frozen: FrozenCLIP, image, key, spec, mspec: ModelSpec, source=None):
-  """CLIP with the initial prompt on the image itself: [S, S, 3] -> logits [C]."""
-  del key, spec, source
-  feats = encode_images(frozen, image[None], mspec)
-  return logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))[0], {}
+  phi: Any = None    # a method's per-domain parameters (`registry.Method.init_phi`; MetaTPT:
+                     # the generator it starts from; None for other methods)
 
 
 def per_sample_fn(method: str, spec, mspec: ModelSpec):
   """fn(state, image, key, source) -> (logits [C], metrics) for one sample of `method`."""
-  if method == "zero_shot":
-    return lambda st, image, key, source=None: zero_shot_one_sample(st.frozen, image, key,
-                                                                    spec, mspec)
-  if method == "tpt":
-    return lambda st, image, key, source=None: tpt.tpt_adapt_one_sample(
-        st.frozen, image, key, spec, mspec, source)
-  if method == "metatpt":
-    def fn(st, image, key, source=None):
-      out, metrics = metatpt.metatpt_adapt_one_sample(st.frozen, st.phi, image, key, spec, mspec,
-                                                      source)
-      metrics = dict(metrics)
-      metrics.pop("phi")  # per-sample generators are not returned (memory); the loss is
-      return out, metrics
-    return fn
-  raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+  adapt_one = registry.get(method).adapt_one
+  return lambda state, image, key, source=None: adapt_one(state, image, key, spec, mspec, source)
 
 
 def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
@@ -82,6 +61,7 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
   With `mesh`, the batch axis of every batch entry is split over `DATA_AXIS` (the batch size
   must be a multiple of the axis size) and the state is replicated.
   """
+  registry.get(method)  # an unknown method fails here, before tracing
   fn = functools.partial(adapt_batch, method=method, spec=spec, mspec=mspec)
   if mesh is not None:
     per_device = fn
@@ -105,9 +85,6 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
   def checked_step(state, batch, key):
     # Malformed or NaN/Inf images fail here, on the host, before anything is compiled or run.
     check_images(batch["image"], mspec.arch.vision.image_size, batched=True)
-    if method == "metatpt" and state.phi is None and spec.augment != "fixed":
-      raise ValueError("MetaTPT needs generator parameters: make the state as AdaptState(frozen, "
-                       "generator.init_generator(key, spec.generator, arch.embed_dim)).")
     return jitted(state, batch, key)
 
   checked_step.jitted = jitted  # the raw jitted step (for tracing, lowering, cache inspection)

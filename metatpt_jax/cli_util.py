@@ -24,7 +24,7 @@ def setup_logging(program: str) -> None:
   if not any(getattr(h, "_metatpt", False) for h in logger.handlers):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{program}: %(levelname)s: %(message)s"))
-    handler._metatpt = True  # pylint: disable=protected-access
+    handler._metatpt = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

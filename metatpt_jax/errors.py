@@ -36,7 +36,7 @@ def report_user_errors(program: str, kinds=(UserError, OSError)):
   """Inside the block, an exception of `kinds` ends the program: one line on stderr, exit 2."""
   try:
     yield
-  except kinds as exc:  # pylint: disable=catching-non-exception
+  except kinds as exc:
     if debug_enabled():
       raise
     print(f"{program}: error: {one_line(exc)}", file=sys.stderr, flush=True)

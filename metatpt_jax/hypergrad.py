@@ -12,16 +12,15 @@ the same episode (view-0 feature, generator noise drawn from `key`) and the same
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from metatpt_jax import losses, metatpt
 from metatpt_jax.clip.config import CLIPArch, TextArch, VisionArch
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, logits
+from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
 
 ORDERS = ("second", "first")
 
@@ -57,20 +56,12 @@ def hypergradients(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
 
   Jit with spec and mspec static (argnums 4, 5).
   """
-  return tuple(meta_gradient(frozen, phi, image, key, spec._replace(order=order), mspec)
+  return tuple(meta_gradient(frozen, phi, image, key, spec.replace(order=order), mspec)
                for order in ORDERS)
 
 
 # The auxiliary losses a swept gradient can switch between at run time (`aux_index`).
 SWEPT_AUX_LOSSES = ("view_kl", "embedding_agreement")
-
-
-def _switched_aux_loss(frozen, phi, ctx, ep, spec, mspec, aux_index):
-  """`metatpt.aux_loss` with L_aux = SWEPT_AUX_LOSSES[aux_index] (traced) instead of spec's."""
-  feats, penalty = metatpt.view_features(frozen, phi, ep, spec, mspec)
-  view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
-  heads = [losses.get_aux_loss(name) for name in SWEPT_AUX_LOSSES]
-  return jax.lax.switch(aux_index, heads, view_logits, feats) + spec.aux_penalty * penalty
 
 
 def swept_outer_loss(frozen: FrozenCLIP, meta, ep, spec: metatpt.MetaTPTSpec, mspec: ModelSpec,
@@ -84,20 +75,17 @@ def swept_outer_loss(frozen: FrozenCLIP, meta, ep, spec: metatpt.MetaTPTSpec, ms
   Equals `metatpt.outer_loss` with those values in the spec (tests/test_hypergrad.py).
   """
   ctx, phi = meta["ctx"], meta["phi"]
-  one_step = spec._replace(inner_steps=1, inner_lr=inner_lr, order="second")
+  head = None
+  if aux_index is not None:
+    heads = [losses.get_aux_loss(name) for name in SWEPT_AUX_LOSSES]
+    head = lambda view_logits, feats: jax.lax.switch(aux_index, heads, view_logits, feats)
 
   def step(adapted, index):
-    if aux_index is None:
-      stepped = metatpt.inner_update(frozen, adapted, ctx, ep, one_step, mspec)
-    else:
-      g = jax.grad(_switched_aux_loss, argnums=1)(frozen, adapted, ctx, ep, spec, mspec,
-                                                   aux_index)
-      stepped = jax.tree.map(lambda w, d: w - inner_lr * d, adapted, g)
+    stepped = metatpt.inner_step(frozen, adapted, ctx, ep, spec, mspec, lr=inner_lr, head=head)
     return jax.tree.map(lambda s, a: jnp.where(index < inner_steps, s, a), stepped, adapted), None
 
   adapted, _ = jax.lax.scan(step, phi, jnp.arange(spec.inner_steps))
-  if spec.order == "first":  # as metatpt.inner_update: identity Jacobian, no path to p
-    adapted = metatpt.first_order(phi, adapted)
+  adapted = metatpt.ORDERS[spec.order](phi, adapted)
   return metatpt.consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
 
 
@@ -122,7 +110,7 @@ def swept_hypergradients(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Arr
 
   Jit with spec and mspec static; then sweeping them never recompiles.
   """
-  return tuple(swept_meta_gradient(frozen, phi, image, key, spec._replace(order=order), mspec,
+  return tuple(swept_meta_gradient(frozen, phi, image, key, spec.replace(order=order), mspec,
                                    inner_lr, inner_steps, aux_index) for order in ORDERS)
 
 
@@ -133,31 +121,3 @@ def compare(second, first) -> dict:
   norm_a, norm_b = jnp.linalg.norm(a), jnp.linalg.norm(b)
   return dict(cosine=float(a @ b / (norm_a * norm_b)), norm_ratio=float(norm_a / norm_b),
               max_abs_diff=float(jnp.max(jnp.abs(a - b))))
-
-
-def central_difference(loss: Callable, meta, direction, eps: float) -> float:
-  """(loss(meta + eps d) - loss(meta - eps d)) / (2 eps) for a flat direction d.
-
-  Use float64: the rounding error is ~ machine eps * |loss| / eps. Bilinear sampling is only
-  piecewise smooth (its derivative jumps where a sample point crosses a pixel boundary), so
-  `eps` must be small enough (~1e-7) that no sample point crosses one.
-  """
-  flat, unravel = ravel_pytree(meta)
-  return float((loss(unravel(flat + eps * direction)) - loss(unravel(flat - eps * direction)))
-               / (2 * eps))
-
-
-def random_direction(key: jax.Array, meta) -> jax.Array:
-  """A random unit vector in the flattened parameter space of `meta`."""
-  flat, _ = ravel_pytree(meta)
-  d = jax.random.normal(key, flat.shape, flat.dtype)
-  return d / jnp.linalg.norm(d)
-
-
-def directional_derivative(grad, direction) -> float:
-  """<grad, direction> for a gradient pytree and a flat direction."""
-  return float(ravel_pytree(grad)[0] @ direction)
-
-
-def relative_error(analytic: float, numeric: float) -> float:
-  return float(abs(analytic - numeric) / max(abs(numeric), np.finfo(np.float64).tiny))

@@ -4,7 +4,7 @@ All functions are per sample: `logits` is [V, C] for V views of one image, view 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import chex
 import jax

@@ -13,12 +13,13 @@ p-free L_aux ("embedding_agreement") second and first order give the same prompt
 
 Ablations (all `MetaTPTSpec` fields): augment="fixed" (TPT's random crops, no generator),
 schedule="joint" (one joint step on L_aux + L_out, no inner step), order="first", and the
-offline augmenter (`fit_offline_generator` learns phi across a stream, then augment="frozen"
-uses it without inner steps).
+offline augmenter (`offline_generator.fit_offline_generator` learns phi across a stream, then
+augment="frozen" uses it without inner steps).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Literal, NamedTuple
 
 import chex
 import jax
@@ -27,27 +28,34 @@ import optax
 
 from metatpt_jax import generator as gen
 from metatpt_jax import losses, views
+from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.specs import Spec
 
 
-class MetaTPTSpec(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class MetaTPTSpec(Spec):
+  """Static MetaTPT hyper-parameters; each variant field names a function in this module."""
   n_views: int = 64                  # view 0 + 63 generated views, as TPT
   selection_ratio: float = 0.1
-  augment: str = "learned"           # learned | fixed | frozen (offline generator)
-  schedule: str = "dual_loop"        # dual_loop | joint
-  order: str = "second"              # second | first
+  # learned: the generator's views, adapted by the inner step (the method); fixed: TPT's random
+  # crops; frozen: an offline-learned generator's views, no inner step (see OBJECTIVES).
+  augment: Literal["learned", "fixed", "frozen"] = "learned"
+  # dual_loop: inner step on L_aux, then L_out; joint: one step on L_aux + L_out (SCHEDULES).
+  schedule: Literal["dual_loop", "joint"] = "dual_loop"
+  order: Literal["second", "first"] = "second"   # through the inner step or not (ORDERS)
   inner_steps: int = 1
   inner_lr: float = 0.1
-  aux_loss: str = "view_kl"          # see losses.AUX_LOSSES
+  aux_loss: str = "view_kl"          # a key of losses.AUX_LOSSES
   aux_penalty: float = 1.0           # weight of the generator's deviation penalty in L_aux
   consistency_weight: float = 1.0
   outer_steps: int = 1
   # every_step: the confident views are chosen anew at every outer step (the reconstruction);
   # first_step: chosen at the first outer step and kept (by view index), as TPT does.
-  selection: str = "every_step"
+  selection: Literal["every_step", "first_step"] = "every_step"
   # sgd: phi' = phi - inner_lr * g; normalized: phi' = phi - inner_lr * g / ||g|| (a step of
-  # length inner_lr in parameter space, whatever the size of L_aux's gradient).
-  inner_step: str = "sgd"
+  # length inner_lr in parameter space, whatever the size of L_aux's gradient). INNER_STEP_SIZES.
+  inner_step: Literal["sgd", "normalized"] = "sgd"
   prompt_lr: float = 5e-3            # TPT's
   generator_lr: float = 1e-3
   weight_decay: float = 0.01
@@ -67,6 +75,25 @@ class MetaTPTSpec(NamedTuple):
   @property
   def num_keep(self) -> int:
     return int(self.n_views * self.selection_ratio)
+
+  def check(self) -> None:
+    if isinstance(self.generator, dict):  # from a config
+      object.__setattr__(self, "generator", gen.GeneratorSpec(**self.generator))
+    if self.aux_loss not in losses.AUX_LOSSES:
+      raise UserError(f"MetaTPTSpec.aux_loss={self.aux_loss!r} is not a valid choice; choose "
+                      f"one of {tuple(losses.AUX_LOSSES)}.")
+    if self.view_chunk < 0:
+      raise UserError(f"MetaTPTSpec.view_chunk={self.view_chunk}; use 0 (all views at once) or "
+                      "a positive number of views per chunk.")
+    if self.view_chunk and self.aux_loss not in losses.PER_VIEW_AUX:
+      raise UserError(f"MetaTPTSpec.view_chunk={self.view_chunk} needs an auxiliary loss that "
+                      f"is a mean of per-view terms ({sorted(losses.PER_VIEW_AUX)}); aux_loss="
+                      f"{self.aux_loss!r} is not: set view_chunk=0.")
+    if self.num_keep < 1 or self.outer_steps < 1 or self.inner_steps < 0:
+      raise UserError("MetaTPT needs n_views * selection_ratio >= 1, outer_steps >= 1 and "
+                      f"inner_steps >= 0; got n_views={self.n_views}, selection_ratio="
+                      f"{self.selection_ratio}, outer_steps={self.outer_steps}, inner_steps="
+                      f"{self.inner_steps}.")
 
 
 class Episode(NamedTuple):
@@ -94,17 +121,24 @@ def view_features(frozen, phi, ep: Episode, spec: MetaTPTSpec, mspec: ModelSpec)
   return jnp.concatenate([ep.feature0[None], feats], axis=0), penalty
 
 
-def aux_loss(frozen, phi, ctx, ep, spec, mspec):
-  """L_aux(phi; x, p): the self-supervised inner objective (+ deviation penalty)."""
+def aux_loss(frozen, phi, ctx, ep, spec, mspec, head=None):
+  """L_aux(phi; x, p): the self-supervised inner objective (+ deviation penalty).
+
+  head(view_logits [V, C], feats [V, E]) -> scalar: the loss on the views; default
+  losses.AUX_LOSSES[spec.aux_loss] (hypergrad swaps it for a traced switch)."""
   feats, penalty = view_features(frozen, phi, ep, spec, mspec)
   view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
-  return losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
+  head = losses.get_aux_loss(spec.aux_loss) if head is None else head
+  return head(view_logits, feats) + spec.aux_penalty * penalty
 
 
-def aux_grad(frozen, phi, ctx, ep, spec, mspec):
+def aux_grad(frozen, phi, ctx, ep, spec, mspec, head=None):
   """grad_phi L_aux(phi; x, p): all views at once, or by chunks when spec.view_chunk > 0."""
   if not spec.view_chunk:
-    return jax.grad(aux_loss, argnums=1)(frozen, phi, ctx, ep, spec, mspec)
+    return jax.grad(aux_loss, argnums=1)(frozen, phi, ctx, ep, spec, mspec, head)
+  if head is not None:
+    raise ValueError("A replaced auxiliary loss (head) needs view_chunk=0: chunks use "
+                     "losses.PER_VIEW_AUX[spec.aux_loss].")
   return chunked_aux_grad(frozen, phi, ctx, ep, spec, mspec)
 
 
@@ -142,17 +176,32 @@ def chunked_aux_grad(frozen, phi, ctx, ep, spec, mspec):
   return jax.tree.map(lambda a, b: a + spec.aux_penalty * b, total, jax.grad(penalty)(phi))
 
 
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(tree)))
+
+
+# inner_step -> the step size given the base rate and the inner gradient.
+INNER_STEP_SIZES = {
+    "sgd": lambda lr, g: lr,
+    "normalized": lambda lr, g: lr / (_global_norm(g) + 1e-12),
+}
+
+
+def inner_step(frozen, phi, ctx, ep, spec, mspec, lr=None, head=None):
+  """One step on L_aux: phi - step_size * grad_phi L_aux (`INNER_STEP_SIZES[spec.inner_step]`).
+
+  lr: the base rate (default spec.inner_lr; may be traced); head: see `aux_loss`."""
+  g = aux_grad(frozen, phi, ctx, ep, spec, mspec, head)
+  step = INNER_STEP_SIZES[spec.inner_step](spec.inner_lr if lr is None else lr, g)
+  return jax.tree.map(lambda w, d: w - step * d, phi, g)
+
+
 def inner_update(frozen, phi, ctx, ep, spec, mspec):
-  """phi' after `inner_steps` SGD steps on L_aux; differentiable w.r.t. phi and ctx."""
+  """phi' after `inner_steps` steps on L_aux; differentiable w.r.t. phi and ctx."""
   adapted = phi
   for _ in range(spec.inner_steps):  # few, static steps: unrolled
-    g = aux_grad(frozen, adapted, ctx, ep, spec, mspec)
-    lr = spec.inner_lr
-    if spec.inner_step == "normalized":
-      norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(g)))
-      lr = lr / (norm + 1e-12)
-    adapted = jax.tree.map(lambda w, d: w - lr * d, adapted, g)
-  return first_order(phi, adapted) if spec.order == "first" else adapted
+    adapted = inner_step(frozen, adapted, ctx, ep, spec, mspec)
+  return ORDERS[spec.order](phi, adapted)
 
 
 def first_order(phi, adapted):
@@ -161,9 +210,8 @@ def first_order(phi, adapted):
   return jax.tree.map(lambda w, a: w + jax.lax.stop_gradient(a - w), phi, adapted)
 
 
-def consistency(frozen, feats, ctx, spec, mspec, keep=None):
-  """L_cons (confident-view entropy + consistency) of view features [K+1, E] under prompt ctx."""
-  return consistency_and_keep(frozen, feats, ctx, spec, mspec, keep)[0]
+# order -> fn(phi, adapted phi') -> phi' as the outer loss sees it.
+ORDERS = {"second": lambda phi, adapted: adapted, "first": first_order}
 
 
 def consistency_and_keep(frozen, feats, ctx, spec, mspec, keep=None):
@@ -199,28 +247,40 @@ def generated_consistency_and_keep(frozen, phi, ctx, ep, spec, mspec, keep=None)
 
 
 def outer_loss(frozen, meta, ep, spec, mspec, keep=None):
-  """L_out(p, phi) for meta = {"ctx": p, "phi": phi}, through the inner update."""
+  """L_out(p, phi) for meta = {"ctx": p, "phi": phi} under spec.schedule."""
   return outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep)[0]
 
 
 def outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None):
-  """(L_out, kept view indices); `keep` None selects the confident views of this step."""
-  ctx, phi = meta["ctx"], meta["phi"]
-  if spec.schedule == "joint":  # one stage: L_aux + L_out on the same views, no inner step
-    feats, penalty = view_features(frozen, phi, ep, spec, mspec)
-    view_logits = logits(frozen, feats, class_features(frozen, ctx, mspec))
-    aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
-    if keep is None:
-      keep = losses.select_confident(view_logits, spec.num_keep)
-    return aux + losses.consistency_on_kept(view_logits[keep], spec.consistency_weight), keep
-  adapted = inner_update(frozen, phi, ctx, ep, spec, mspec)
-  return generated_consistency_and_keep(frozen, adapted, ctx, ep, spec, mspec, keep)
+  """(L_out, kept view indices) under spec.schedule; `keep` None selects the confident views."""
+  return SCHEDULES[spec.schedule](frozen, meta, ep, spec, mspec, keep)
 
 
-def make_meta_optimizer(spec: MetaTPTSpec):
+def dual_loop_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None):
+  """schedule="dual_loop" (the method): L_cons on the views of phi' = inner_update(phi, p)."""
+  adapted = inner_update(frozen, meta["phi"], meta["ctx"], ep, spec, mspec)
+  return generated_consistency_and_keep(frozen, adapted, meta["ctx"], ep, spec, mspec, keep)
+
+
+def joint_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None):
+  """schedule="joint" (ablation): L_aux + L_cons on the same views of phi, no inner step."""
+  feats, penalty = view_features(frozen, meta["phi"], ep, spec, mspec)
+  view_logits = logits(frozen, feats, class_features(frozen, meta["ctx"], mspec))
+  aux = losses.get_aux_loss(spec.aux_loss)(view_logits, feats) + spec.aux_penalty * penalty
+  if keep is None:
+    keep = losses.select_confident(view_logits, spec.num_keep)
+  return aux + losses.consistency_on_kept(view_logits[keep], spec.consistency_weight), keep
+
+
+SCHEDULES = {"dual_loop": dual_loop_loss_and_keep, "joint": joint_loss_and_keep}
+
+
+def make_meta_optimizer(spec: MetaTPTSpec, tuned=("ctx", "phi")):
+  """AdamW on the prompt (prompt_lr) and the generator (generator_lr), for meta dicts with the
+  keys `tuned`."""
   adamw = lambda lr: optax.adamw(lr, weight_decay=spec.weight_decay)
-  return optax.multi_transform({"ctx": adamw(spec.prompt_lr), "phi": adamw(spec.generator_lr)},
-                               {"ctx": "ctx", "phi": "phi"})
+  rates = {"ctx": spec.prompt_lr, "phi": spec.generator_lr}
+  return optax.multi_transform({k: adamw(rates[k]) for k in tuned}, {k: k for k in tuned})
 
 
 def _tune(loss_fn, meta, steps, optimizer, select_once: bool = False):
@@ -245,6 +305,35 @@ def _tune(loss_fn, meta, steps, optimizer, select_once: bool = False):
   return meta, loss0
 
 
+def learned_views_objective(frozen, phi, ep, key, spec, mspec):
+  """augment="learned" (the method): the outer loss of spec.schedule on the generator's views."""
+  del phi, key  # meta["phi"] is the generator the loss differentiates
+  return lambda meta, keep: outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep)
+
+
+def fixed_views_objective(frozen, phi, ep, key, spec, mspec):
+  """augment="fixed" (ablation): L_cons on TPT's random crops; features once, no generator."""
+  del phi
+  all_views = views.tpt_views(ep.image, key, spec.n_views, ep.source)
+  feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
+  return lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec, mspec, keep)
+
+
+def frozen_generator_objective(frozen, phi, ep, key, spec, mspec):
+  """augment="frozen" (ablation): L_cons on the views of a fixed phi (e.g. learned offline by
+  `offline_generator.fit_offline_generator`); no inner step, only the prompt is tuned."""
+  del key
+  feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
+  return lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec, mspec, keep)
+
+
+# augment -> fn(frozen, phi, episode, key, spec, mspec) -> loss_fn(meta, keep) -> (loss, keep).
+OBJECTIVES = {"learned": learned_views_objective, "fixed": fixed_views_objective,
+              "frozen": frozen_generator_objective}
+# selection -> whether later outer steps reuse the first step's confident views.
+SELECT_ONCE = {"every_step": False, "first_step": True}
+
+
 def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
                              spec: MetaTPTSpec, mspec: ModelSpec,
                              source: views.Source | None = None):
@@ -261,55 +350,19 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
   """
   chex.assert_rank(image, 3)
   if phi is None and spec.augment != "fixed":
-    raise ValueError("MetaTPT needs generator parameters phi: pass "
-                     "generator.init_generator(key, spec.generator, arch.embed_dim) (as "
-                     "AdaptState(frozen, phi) for adapt.make_step).")
+    raise UserError("MetaTPT needs generator parameters phi: pass "
+                    "generator.init_generator(key, spec.generator, arch.embed_dim) (as "
+                    "AdaptState(frozen, phi) for adapt.make_step).")
   ep = make_episode(frozen, image, key, spec, mspec, source)
-  if spec.augment == "fixed":  # TPT's random crops with the consistency loss; features once
-    all_views = views.tpt_views(image, key, spec.n_views, ep.source)
-    feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
-    loss_fn = lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec, mspec,
-                                                      keep)
-  else:
-    if spec.augment == "frozen":  # offline generator: views fixed by phi, only p tuned
-      feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
-      loss_fn = lambda meta, keep: consistency_and_keep(frozen, feats, meta["ctx"], spec,
-                                                        mspec, keep)
-    else:
-      loss_fn = lambda meta, keep: outer_loss_and_keep(frozen, meta, ep, spec, mspec, keep)
-  meta = {"ctx": frozen.ctx_init, "phi": phi}
-  meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec),
-                      select_once=spec.selection == "first_step")
+  loss_fn = OBJECTIVES[spec.augment](frozen, phi, ep, key, spec, mspec)
+  # Only the learned augmentation tunes phi; the ablations' views are fixed before tuning, so
+  # phi stays out of their optimiser (no weight decay on a generator nothing reads).
+  meta = {"ctx": frozen.ctx_init, "phi": phi} if spec.augment == "learned" else {
+      "ctx": frozen.ctx_init}
+  meta, loss0 = _tune(loss_fn, meta, spec.outer_steps, make_meta_optimizer(spec, tuple(meta)),
+                      select_once=SELECT_ONCE[spec.selection])
   final = logits(frozen, ep.feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
-  return final, dict(loss=loss0, phi=meta["phi"])
-
-
-def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.Array,
-                          spec: MetaTPTSpec, mspec: ModelSpec,
-                          sources: views.Source | None = None):
-  """Learns phi across a stream of unlabeled images [T, S, S, 3]; the prompt resets per image.
-
-  `sources` (a `views.Source` with a leading T axis) are the images the views are cut from.
-
-  Each image contributes one meta-gradient step on phi (dual-loop outer loss); returns the
-  final phi, to be used frozen (augment="frozen") on the test stream.
-  """
-  chex.assert_rank(images, 4)
-  opt = optax.adamw(spec.generator_lr, weight_decay=spec.weight_decay)
-  online = spec._replace(augment="learned")
-
-  def step(carry, xs):
-    phi, opt_state = carry
-    image, index, source = xs
-    ep = make_episode(frozen, image, jax.random.fold_in(key, index), spec, mspec, source)
-    loss_fn = lambda p: outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
-    loss, grads = jax.value_and_grad(loss_fn)(phi)
-    updates, opt_state = opt.update(grads, opt_state, phi)
-    return (optax.apply_updates(phi, updates), opt_state), loss
-
-  (phi, _), stream_losses = jax.lax.scan(step, (phi, opt.init(phi)),
-                                         (images, jnp.arange(images.shape[0]), sources))
-  return phi, stream_losses
+  return final, dict(loss=loss0, phi=meta.get("phi", phi))
 
 
 def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: MetaTPTSpec,

@@ -8,7 +8,8 @@ positions) are a `PromptBank` of arrays built once on the host; the context is a
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import chex
 import jax
@@ -40,7 +41,7 @@ class PromptBank(NamedTuple):
 def _tokenizer(tokenizer):
   if tokenizer is not None:
     return tokenizer
-  from metatpt_jax.clip.tokenizer import default_tokenizer  # pylint: disable=g-import-not-at-top
+  from metatpt_jax.clip.tokenizer import default_tokenizer
   return default_tokenizer()
 
 
@@ -98,7 +99,7 @@ def load_context(path: str) -> np.ndarray:
       if "ctx" not in data:
         raise KeyError(f"{path!r} has no 'ctx' array (found {sorted(data.files)}).")
       return data["ctx"]
-  import torch  # pylint: disable=g-import-not-at-top  # only for CoOp's torch checkpoints
+  import torch  # only for CoOp's torch checkpoints
   state = torch.load(path, map_location="cpu", weights_only=False)
   state = state.get("state_dict", state)
   for key in ("prompt_learner.ctx", "ctx"):

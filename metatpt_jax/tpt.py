@@ -8,18 +8,27 @@ view 0 with the tuned context. Context and optimiser state start afresh for ever
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Literal
 
 import chex
 import jax
-import jax.numpy as jnp
 import optax
 
 from metatpt_jax import augmix, losses, views
+from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.specs import Spec
+
+# How TPT makes its views: view_kind -> fn(image, key, n_views, source, scale) -> [V, S, S, 3].
+VIEW_MAKERS = {
+    "random_crop": views.tpt_views,
+    "augmix": augmix.augmix_views,   # TPT's choice for the fine-grained data sets
+}
 
 
-class TPTSpec(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class TPTSpec(Spec):
   """Static TPT hyper-parameters; defaults are the public implementation's."""
   n_views: int = 64
   selection_ratio: float = 0.1
@@ -29,12 +38,18 @@ class TPTSpec(NamedTuple):
   b2: float = 0.999
   eps: float = 1e-8
   weight_decay: float = 0.01       # torch.optim.AdamW's default
-  view_kind: str = "random_crop"   # or "augmix" (TPT's choice for the fine-grained sets)
+  view_kind: Literal["random_crop", "augmix"] = "random_crop"   # a key of VIEW_MAKERS
   crop_scale: tuple = (0.08, 1.0)
 
   @property
   def num_keep(self) -> int:
     return int(self.n_views * self.selection_ratio)
+
+  def check(self) -> None:
+    if self.steps < 1 or self.num_keep < 1:
+      raise UserError(f"TPT needs steps >= 1 and n_views * selection_ratio >= 1; got steps="
+                      f"{self.steps}, n_views={self.n_views}, selection_ratio="
+                      f"{self.selection_ratio}.")
 
 
 def make_optimizer(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01):
@@ -44,11 +59,7 @@ def make_optimizer(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01):
 
 def make_views(image, key, spec: TPTSpec, source: views.Source | None = None):
   """View 0 = `image`; views 1.. cut from `source` (default: the image itself)."""
-  if spec.view_kind == "random_crop":
-    return views.tpt_views(image, key, spec.n_views, source, scale=spec.crop_scale)
-  if spec.view_kind == "augmix":
-    return augmix.augmix_views(image, key, spec.n_views, source, scale=spec.crop_scale)
-  raise ValueError(f"Unknown view_kind {spec.view_kind!r}; use 'random_crop' or 'augmix'.")
+  return VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source, scale=spec.crop_scale)
 
 
 def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, mspec: ModelSpec):

@@ -8,6 +8,7 @@ adaptation is episodic (nothing learnt on one batch reaches the next).
 from __future__ import annotations
 
 import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -192,7 +192,7 @@ def test_unreadable_images_are_skipped_with_one_warning(setup, tmp_path):
   (images / "dog" / "cut.png").write_bytes(good[:len(good) // 2])
   out = tmp_path / "out"
   proc = _run(_cmd(setup, out, ":tpt", ["--config.data.num_images=14"], images=tmp_path / "images"))
-  warnings = [l for l in proc.stderr.splitlines() if "unreadable" in l]
+  warnings = [line for line in proc.stderr.splitlines() if "unreadable" in line]
   assert len(warnings) == 1 and "skipped 2" in warnings[0]
   assert "cat/broken.jpg" in warnings[0] and "dog/cut.png" in warnings[0]
   assert len(_records(out)) == 2 * NUM_IMAGES  # the 12 readable images, per method

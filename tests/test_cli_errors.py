@@ -110,13 +110,13 @@ def results(files):
 def test_user_error_is_one_line_with_exit_2(results, i):
   name, _, words = PROBES[i]
   res = results[i]
-  lines = [l for l in res["stderr"].splitlines() if l.strip()]
-  errors = [l for l in lines if "error:" in l]
+  lines = [line for line in res["stderr"].splitlines() if line.strip()]
+  errors = [line for line in lines if "error:" in line]
   assert res["rc"] == 2, (name, res)
   assert "Traceback" not in res["stderr"], (name, res["stderr"])
   assert len(errors) == 1 and lines[-1] == errors[0], (name, lines)
   # Warnings naming skipped files may precede the error; nothing else may.
-  assert all("WARNING" in l for l in lines[:-1]), (name, lines)
+  assert all("WARNING" in line for line in lines[:-1]), (name, lines)
   for word in words:
     assert word in res["stderr"], (name, word, res["stderr"])
 
@@ -129,8 +129,8 @@ def test_debug_flag_shows_the_traceback(files, tmp_path):
 
 
 def test_metatpt_without_a_generator_says_how_to_make_one():
-  from metatpt_jax import adapt, metatpt  # pylint: disable=import-outside-toplevel
-  from tests import method_helpers as h  # pylint: disable=import-outside-toplevel
+  from metatpt_jax import adapt, metatpt
+  from tests import method_helpers as h
   frozen, mspec = h.tiny_frozen()
   spec = metatpt.MetaTPTSpec(n_views=4, selection_ratio=0.5)
   step = adapt.make_step("metatpt", spec, mspec)

@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metatpt_jax.data import corruptions, domains, export, sources, tfds_builders
+from metatpt_jax.data import (
+  corruptions,
+  domains,
+  export,
+  load_domain,
+  parse_spec,
+  sources,
+  tfds_builders,
+)
 from metatpt_jax.errors import UserError
-from metatpt_jax.data import load_domain, parse_spec
 
 
 @pytest.fixture(scope="module")

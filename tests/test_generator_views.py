@@ -191,7 +191,7 @@ def _augmix_views(image, key, n_views):
 def test_augmix_equalize_matches_pil(kind):
   # AugMix (and so TPT) equalises with PIL's ImageOps.equalize: an exclusive-CDF lookup table
   # that leaves a single-level channel unchanged (a flat grey image must not turn white).
-  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageOps
   rng = np.random.default_rng(0)
   image = (np.full((16, 16, 3), 100, np.uint8) if kind == "flat"
            else (rng.beta(2, 5, size=(16, 16, 3)) * 255).astype(np.uint8))

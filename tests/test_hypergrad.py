@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from metatpt_jax import generator as gen
-from metatpt_jax import hypergrad, metatpt
+from metatpt_jax import gradcheck, hypergrad, metatpt
 from tests import method_helpers as h
 
 SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 
 @pytest.fixture(scope="module")
-def tiny(x64):  # pylint: disable=unused-argument
+def tiny(x64):
   frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(jnp.float64)
   phi = h.init_phi(SPEC, dtype=jnp.float64, perturb=0.3)
@@ -38,7 +38,7 @@ def _assert_trees_close(got, want, rtol=1e-9):
 def test_prompt_gets_a_second_order_term_only_from_a_prompt_dependent_aux_loss(
     tiny, aux_loss, prompt_term):
   frozen, mspec, phi, image, key = tiny
-  spec = SPEC._replace(aux_loss=aux_loss)
+  spec = SPEC.replace(aux_loss=aux_loss)
   g2, g1 = jax.jit(hypergrad.hypergradients, static_argnums=(4, 5))(frozen, phi, image, key,
                                                                        spec, mspec)
   ctx = hypergrad.compare(g2["ctx"], g1["ctx"])
@@ -52,7 +52,7 @@ def test_prompt_gets_a_second_order_term_only_from_a_prompt_dependent_aux_loss(
 
 def test_swept_gradients_equal_the_spec_path_and_compile_once(tiny):
   frozen, mspec, phi, image, key = tiny
-  spec = SPEC._replace(inner_steps=2)  # the most steps the sweep may take
+  spec = SPEC.replace(inner_steps=2)  # the most steps the sweep may take
   swept = jax.jit(hypergrad.swept_hypergradients, static_argnums=(4, 5))
   exact = jax.jit(hypergrad.hypergradients, static_argnums=(4, 5))
   # The inner loss is traced too (aux_index), as notebook 01 uses it.
@@ -60,10 +60,10 @@ def test_swept_gradients_equal_the_spec_path_and_compile_once(tiny):
     got = swept(frozen, phi, image, key, spec, mspec, lr, steps,
                 hypergrad.SWEPT_AUX_LOSSES.index(aux))
     want = exact(frozen, phi, image, key,
-                 spec._replace(inner_lr=lr, inner_steps=steps, aux_loss=aux), mspec)
+                 spec.replace(inner_lr=lr, inner_steps=steps, aux_loss=aux), mspec)
     for g, w in zip(got, want):  # both orders
       _assert_trees_close(g, w)
-  assert swept._cache_size() == 1  # pylint: disable=protected-access
+  assert swept._cache_size() == 1
 
 
 def test_second_order_matches_central_differences_and_first_order_does_not(tiny):
@@ -73,10 +73,10 @@ def test_second_order_matches_central_differences_and_first_order_does_not(tiny)
   g2, g1 = jax.jit(hypergrad.hypergradients, static_argnums=(4, 5))(frozen, phi, image, key,
                                                                        SPEC, mspec)
   for seed in range(2):
-    d = hypergrad.random_direction(jax.random.key(seed), meta)
-    fd = hypergrad.central_difference(loss, meta, d, FD_EPS)
-    err2 = hypergrad.relative_error(hypergrad.directional_derivative(g2, d), fd)
-    err1 = hypergrad.relative_error(hypergrad.directional_derivative(g1, d), fd)
+    d = gradcheck.random_direction(jax.random.key(seed), meta)
+    fd = gradcheck.central_difference(loss, meta, d, FD_EPS)
+    err2 = gradcheck.relative_error(gradcheck.directional_derivative(g2, d), fd)
+    err1 = gradcheck.relative_error(gradcheck.directional_derivative(g1, d), fd)
     print(f"direction {seed}: relative error second order {err2:.1e}, first order {err1:.1e}")
     assert err2 < 1e-6, (seed, err2)
     assert err1 > 100 * err2, (seed, err1, err2)

@@ -1,8 +1,8 @@
 """The MetaTPT variants of issue 12: selection once or every step, a normalised inner step, a
 per-sample factor shift in the generator, and the content-keeping inner objective."""
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,9 +24,9 @@ def _adapt(spec, seed=0, logit_scale=30.0):
 
 
 def test_selection_once_equals_every_step_at_one_outer_step():
-  spec = SPEC._replace(augment="fixed")  # _tune's first step is shared by every augment
-  a, _ = _adapt(spec._replace(selection="every_step"))
-  b, _ = _adapt(spec._replace(selection="first_step"))
+  spec = SPEC.replace(augment="fixed")  # _tune's first step is shared by every augment
+  a, _ = _adapt(spec.replace(selection="every_step"))
+  b, _ = _adapt(spec.replace(selection="first_step"))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -34,7 +34,7 @@ def test_selection_once_keeps_the_first_steps_views():
   """With fixed features, selecting once equals tuning on the first step's kept views; where the
   confident set moves during tuning, re-selecting at every step takes another path."""
   frozen, mspec = tiny_frozen(logit_scale=1.0)  # soft predictions: the entropies move
-  spec = SPEC._replace(augment="fixed", outer_steps=4, prompt_lr=0.1, selection="first_step")
+  spec = SPEC.replace(augment="fixed", outer_steps=4, prompt_lr=0.1, selection="first_step")
   opt = metatpt.make_meta_optimizer(spec)
   meta = {"ctx": frozen.ctx_init, "phi": None}
 
@@ -58,7 +58,7 @@ def test_selection_once_keeps_the_first_steps_views():
 
 def test_normalized_inner_step_has_length_inner_lr():
   frozen, mspec = tiny_frozen(logit_scale=30.0)
-  spec = SPEC._replace(inner_step="normalized", inner_lr=0.5,
+  spec = SPEC.replace(inner_step="normalized", inner_lr=0.5,
                        generator=gen.GeneratorSpec(factor_shift=True))
   image = random_images(1, 1)[0]
   ep = metatpt.make_episode(frozen, image, jax.random.key(0), spec, mspec)
@@ -76,7 +76,7 @@ def test_normalized_step_on_the_factor_shift_moves_the_views(logit_scale):
   one normalised inner step on the factor shift moves every generated view."""
   frozen, mspec = tiny_frozen(logit_scale=logit_scale)
   image = random_images(2, 1)[0]
-  spec = SPEC._replace(inner_step="normalized", inner_lr=0.5,
+  spec = SPEC.replace(inner_step="normalized", inner_lr=0.5,
                        generator=gen.GeneratorSpec(factor_shift=True))
   before, after = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))(
       frozen, init_phi(spec), image, jax.random.key(0), spec, mspec)

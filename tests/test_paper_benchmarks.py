@@ -15,8 +15,8 @@ from metatpt_jax.bench import records, runner
 from metatpt_jax.clip import checkpoint, config, hub, model
 from metatpt_jax.data import benchmarks, load_domain, sources
 from metatpt_jax.data.domains import batch_inputs
-
 from tests.config_files import ROOT, config_module
+
 # Class counts as CLIP/CoOp/TPT evaluate them (Caltech101 without its background class).
 COUNTS = dict(imagenet=1000, imagenet_a=200, imagenet_v2=1000, imagenet_r=200,
               imagenet_sketch=1000, oxford_flowers=102, dtd=47, oxford_pets=37,

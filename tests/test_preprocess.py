@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+
 # CLIPImageProcessor with the PIL backend, named explicitly: without torchvision that is what
 # CLIPImageProcessor resolves to, and the PIL path is OpenAI's reference.
 from transformers import CLIPImageProcessorPil

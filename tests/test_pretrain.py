@@ -15,8 +15,8 @@ from metatpt_jax.clip import checkpoint, model
 from metatpt_jax.clip.config import get_arch
 from metatpt_jax.clip.tokenizer import Tokenizer
 from metatpt_jax.pretrain import augment, captions, pairs, step, train
-
 from tests.config_files import ROOT, config_module
+
 CONFIG_PATH = os.path.join(ROOT, "configs", "pretrain_small.py")
 
 

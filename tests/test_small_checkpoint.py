@@ -1,7 +1,6 @@
 """The committed small CLIP loads in JAX and in PyTorch alike and really classifies."""
 import os
 
-import jax
 import numpy as np
 import pytest
 import torch

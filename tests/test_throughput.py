@@ -7,7 +7,6 @@ import pytest
 
 from metatpt_jax.bench import throughput
 from metatpt_jax.clip import config, model
-
 from tests.config_files import config_module
 
 
@@ -76,7 +75,7 @@ def test_cells_over_the_memory_limit_are_skipped_with_the_reason(tmp_path):
 
 
 def test_cost_table_interpolates_between_measured_class_counts():
-  from metatpt_jax.bench import cost_table  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.bench import cost_table
   rows = [dict(method="tpt", batch=1, num_classes=10, flops_per_sample=2e12, s_per_sample=20.0),
           dict(method="tpt", batch=1, num_classes=1000, flops_per_sample=12e12,
                s_per_sample=60.0),
@@ -84,7 +83,7 @@ def test_cost_table_interpolates_between_measured_class_counts():
           dict(method="metatpt_second", batch=2, num_classes=10, flops_per_sample=1.0)]
   text = cost_table.table(dict(rows=rows), tflops=100.0)
   # ImageNet-R: 200 classes, 30,000 images; TPT 2 + 10 * 190 / 990 = 3.92 TFLOP per image.
-  line = next(l for l in text.splitlines() if l.startswith("| imagenet_r |"))
+  line = next(row for row in text.splitlines() if row.startswith("| imagenet_r |"))
   cells = [c.strip() for c in line.strip("|").split("|")]
   assert cells[3:5] == ["3.9", "10.0"], cells
   assert float(cells[5]) == pytest.approx(30000 * 3.919e12 / 100e12 / 3600, abs=0.01)

@@ -143,11 +143,12 @@ def _torchvision_views(image: np.ndarray, size: int, boxes, flips) -> np.ndarray
 
 
 def test_tpt_on_full_image_matches_torch_on_pil_views(tmp_path):
-  import transformers  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.bench.torch_tpt import TorchTPT  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.clip import checkpoint  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.clip.tokenizer import default_tokenizer  # pylint: disable=import-outside-toplevel
-  from tests import method_helpers as h  # pylint: disable=import-outside-toplevel
+  import transformers
+
+  from metatpt_jax.bench.torch_tpt import TorchTPT
+  from metatpt_jax.clip import checkpoint
+  from metatpt_jax.clip.tokenizer import default_tokenizer
+  from tests import method_helpers as h
   frozen, mspec = h.tiny_frozen(seed=0, logit_scale=np.log(10.0))
   size = mspec.arch.vision.image_size
   # A smooth non-square picture (random pixels would make every crop look alike).
@@ -194,7 +195,7 @@ def test_tpt_on_full_image_matches_torch_on_pil_views(tmp_path):
 
 
 def test_view_memory_grows_with_the_canvas():
-  from metatpt_jax.bench import view_memory  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.bench import view_memory
   small = view_memory.measure(image_size=16, n_views=8, canvas=32)
   large = view_memory.measure(image_size=16, n_views=8, canvas=128)
   assert 0 < small["extra_mib"] < large["extra_mib"]

@@ -33,9 +33,9 @@ def main(argv=None):
   cli_util.setup_logging(PROGRAM)
   with errors.report_user_errors(PROGRAM):
     cfg = cli_util.parse_config(argv, _CONFIG, _EXAMPLE)
-    from metatpt_jax import sharding  # pylint: disable=import-outside-toplevel
+    from metatpt_jax import sharding
     sharding.maybe_initialize_distributed()
-    from metatpt_jax.bench import runner  # pylint: disable=import-outside-toplevel
+    from metatpt_jax.bench import runner
     text = runner.run(cfg)
   if text:
     print(text)

@@ -46,7 +46,7 @@ def table(results: dict, tflops: float, tpt: str = "tpt", meta: str = "metatpt_s
            "|---|---|---|---|---|---|---|---|"]
   for b in benchmarks.BENCHMARKS.values():
     f_tpt, f_meta = _linear(tpt_flops, b.num_classes), _linear(meta_flops, b.num_classes)
-    hours = lambda f: b.paper_size * f / (tflops * 1e12) / 3600
+    hours = lambda f, n=b.paper_size: n * f / (tflops * 1e12) / 3600
     days = b.paper_size * _linear(tpt_seconds, b.num_classes) / 86400
     lines.append(f"| {b.name} | {b.num_classes} | {b.paper_size} | {f_tpt / 1e12:.1f} | "
                  f"{f_meta / 1e12:.1f} | {hours(f_tpt):.2f} | {hours(f_meta):.2f} | {days:.0f} |")

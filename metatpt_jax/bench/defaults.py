@@ -1,36 +1,48 @@
 """Method configs with TPT's published defaults, for configs/*.py to compose.
 
-Every field is a field of tpt.TPTSpec / metatpt.MetaTPTSpec (validated when the run starts).
+Every method config is `kind` (a `registry` name) plus its spec type's fields (all of them,
+defaults included, so a config file shows every setting) and the method's `config_fields`;
+`bench.methods.method_spec` turns it back into the spec, which validates itself.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from metatpt_jax import generator as gen
-from metatpt_jax import metatpt, tpt
+from metatpt_jax import registry
+
+
+def _plain(value):
+  """Nested specs as ConfigDicts (overridable field by field from the command line)."""
+  if hasattr(value, "_asdict"):
+    return ml_collections.ConfigDict(value._asdict())
+  return value
+
+
+def method_config(kind: str, **overrides) -> ml_collections.ConfigDict:
+  """The config of method `kind` at its spec's defaults, with `overrides` applied."""
+  method = registry.get(kind)
+  fields = {} if method.spec_type is None else method.spec_type().fields_dict()
+  c = ml_collections.ConfigDict(dict(kind=kind, **method.config_fields,
+                                     **{k: _plain(v) for k, v in fields.items()}))
+  c.update(overrides)
+  return c
 
 
 def tpt_method(**overrides) -> ml_collections.ConfigDict:
   """TPT exactly as its public implementation: 64 views, 10% kept, 1 AdamW step at 5e-3."""
-  c = ml_collections.ConfigDict(dict(kind="tpt", **tpt.TPTSpec()._asdict()))
-  c.update(overrides)
-  return c
+  return method_config("tpt", **overrides)
 
 
 def metatpt_method(**overrides) -> ml_collections.ConfigDict:
   """MetaTPT as docs/METHOD.md describes it (learned views, dual loop, second order)."""
-  fields = metatpt.MetaTPTSpec()._asdict()
-  fields["generator"] = ml_collections.ConfigDict(gen.GeneratorSpec()._asdict())
-  c = ml_collections.ConfigDict(dict(kind="metatpt", offline_images=64, **fields))
-  c.update(overrides)
-  return c
+  return method_config("metatpt", **overrides)
 
 
 def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
   """zero-shot, TPT, MetaTPT and each ablation in docs/METHOD.md."""
   m = lambda **kw: metatpt_method(**{**metatpt_overrides, **kw})
   return ml_collections.ConfigDict({
-      "zero_shot": dict(kind="zero_shot"),
+      "zero_shot": method_config("zero_shot"),
       "tpt": tpt_method(),
       "metatpt": m(),
       "metatpt_first_order": m(order="first"),

@@ -173,9 +173,9 @@ def plot_accuracy(path, table, methods, domains):
 
 def _bar_plot(path, bars: dict, cols, ylabel: str, zero_line: bool = False):
   """Grouped bars: bars[method] = [(value, error or None) per column]."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cols) * max(1, len(bars)) / 3), 4))
   width = 0.8 / max(1, len(bars))
   for i, (method, vals) in enumerate(bars.items()):
@@ -197,9 +197,9 @@ def plot_views(path, before, after, titles):
 
   before, after: [N, K, S, S, 3] float in [0, 1].
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt
   n, k = before.shape[:2]
   fig, axes = plt.subplots(2 * n, k, figsize=(k * 0.9, 2 * n * 0.95), squeeze=False)
   for i in range(n):

@@ -19,24 +19,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from metatpt_jax import adapt, metatpt, sharding, views
+from metatpt_jax import adapt, registry, sharding, views
+from metatpt_jax.batching import padded_batches
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
 from metatpt_jax.bench import report
 from metatpt_jax.clip import checkpoint
-from metatpt_jax.data import benchmarks, domains as domains_lib, sources
+from metatpt_jax.data import benchmarks, sources
+from metatpt_jax.data import domains as domains_lib
 from metatpt_jax.errors import UserError
 
 LOG = logging.getLogger("metatpt_jax")
-
-# Module-level jitted wrappers: one compilation cache for every domain and seed of a run.
-_FIT_OFFLINE = jax.jit(metatpt.fit_offline_generator, static_argnums=(4, 5))
-_VIEWS_BEFORE_AFTER = jax.jit(metatpt.views_before_and_after_inner, static_argnums=(4, 5))
-
 
 @dataclasses.dataclass
 class Job:
@@ -107,18 +105,12 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return sharding.make_data_mesh(devices[:cfg.get("num_devices", 0) or len(devices)])
 
 
-def padded_batches(todo: np.ndarray, batch_size: int):
-  """Index batches padded to `batch_size` by repeating the last index (one compiled shape)."""
-  for start in range(0, len(todo), batch_size):
-    idx = todo[start:start + batch_size]
-    yield idx, np.concatenate([idx, np.repeat(idx[-1:], batch_size - len(idx))])
-
-
 def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   """Everything that decides the results of one cell (hashed into its fingerprint)."""
   method = dict(kind=kind, spec=fp_lib.result_fields(spec))
-  if kind == "metatpt" and spec.augment == "frozen":
-    method["offline_images"] = int(cfg.methods[name].offline_images)
+  offline = registry.get(kind).offline_images(spec, cfg.methods[name])
+  if offline:  # unlabeled images of the domain read before the stream (MetaTPT offline)
+    method["offline_images"] = int(offline)
   paper = domain.name.startswith(benchmarks.PREFIX + ":")
   data = dict(domain=domain.name, split="paper" if paper else cfg.data.split,
               num_images=int(cfg.data.num_images), class_names=list(domain.class_names),
@@ -197,13 +189,17 @@ def _sources(inputs: dict):
                       jnp.asarray(inputs["extent"], jnp.int32))
 
 
-def _offline_phi(state, spec, mspec, domain, seed, num_images):
-  """Fits the offline generator on the first `num_images` test images (unlabeled), frozen after."""
-  inputs = domains_lib.batch_inputs(domain, np.arange(min(num_images, len(domain.labels))))
-  key = methods_lib.domain_key(seed, domain.name)
-  phi, _ = _FIT_OFFLINE(state.frozen, state.phi, jnp.asarray(inputs["image"]), key, spec, mspec,
-                        _sources(inputs))
-  return phi
+def prepare_state(state, job: Job, kind, spec, mspec, store, method_cfg):
+  """The method's per-domain setup (`registry.Method.prepare`) on the domain's first unlabeled
+  images, when it has one and the cell still has samples to adapt."""
+  method = registry.get(kind)
+  num = method.offline_images(spec, method_cfg)
+  done = store.done(job.fingerprint, job.method, job.domain.name, job.seed)
+  if not num or len(done) >= len(job.domain.labels):
+    return state
+  inputs = domains_lib.batch_inputs(job.domain, np.arange(min(num, len(job.domain.labels))))
+  key = methods_lib.domain_key(job.seed, job.domain.name)
+  return method.prepare(state, spec, mspec, jnp.asarray(inputs["image"]), _sources(inputs), key)
 
 
 def _load_domain(cfg, spec_str, seed, arch):
@@ -212,23 +208,26 @@ def _load_domain(cfg, spec_str, seed, arch):
                                  cache_dir=cfg.data.cache_dir or None, **_paper_data_args(cfg))
 
 
-def run(cfg: ml_collections.ConfigDict) -> str:
-  """Runs (or resumes) the benchmark described by `cfg`; returns the Markdown results (the
-  empty string on processes other than 0, which write no table)."""
-  validate_config(cfg)
-  params, arch, mspec = load_model(cfg)
+def method_specs(cfg: ml_collections.ConfigDict) -> dict:
+  """name -> (kind, spec), in table order: by registry order of kind, then by name (a
+  ConfigDict iterates alphabetically)."""
   specs = {name: methods_lib.method_spec(mcfg) for name, mcfg in cfg.methods.items()}
-  # Table order: zero-shot, TPT, then MetaTPT variants (ConfigDict iterates alphabetically).
-  specs = dict(sorted(specs.items(), key=lambda kv: (methods_lib.KINDS.index(kv[1][0]), kv[0])))
-  digest = fp_lib.params_digest(params)
-  mesh = make_mesh(cfg)
-  per_step = -(-cfg.batch_size // mesh.size) * mesh.size  # a multiple of the device count
-  pid, count = jax.process_index(), jax.process_count()
+  return dict(sorted(specs.items(), key=lambda kv: (registry.names().index(kv[1][0]), kv[0])))
+
+
+def _open_store(cfg, pid, count):
   store = records_lib.RecordStore(cfg.output_dir, pid, count)
   if store.legacy:
     LOG.warning("%d records in %s carry no fingerprint (written by an older version); they are "
                 "ignored.", store.legacy, cfg.output_dir)
-  settings = Settings(cfg.output_dir, writer=pid == 0)
+  return store
+
+
+def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
+  """Adapts every (seed, domain, method) cell's missing samples; returns the cells'
+  fingerprints and the domain names in run order."""
+  digest = fp_lib.params_digest(params)
+  per_step = -(-cfg.batch_size // mesh.size) * mesh.size  # a multiple of the device count
   steps = {name: adapt.make_step(kind, spec, mspec, mesh=mesh)
            for name, (kind, spec) in specs.items()}
   fingerprints, domain_names = [], []
@@ -247,19 +246,28 @@ def run(cfg: ml_collections.ConfigDict) -> str:
           settings.add(job.fingerprint, setting)
           state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, kind,
                                           spec, seed)
-          if kind == "metatpt" and spec.augment == "frozen":
-            if len(store.done(job.fingerprint, name, domain.name, seed)) < len(domain.labels):
-              state = state._replace(phi=_offline_phi(
-                  state, spec, mspec, domain, seed, cfg.methods[name].offline_images))
-          state = sharding.replicate(mesh, state)
+          state = prepare_state(state, job, kind, spec, mspec, store, cfg.methods[name])
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
-          run_job(job, steps[name], state, store, per_step, progress, mesh)
+          run_job(job, steps[name], sharding.replicate(mesh, state), store, per_step, progress,
+                  mesh)
+  return fingerprints, list(dict.fromkeys(domain_names))
+
+
+def run(cfg: ml_collections.ConfigDict) -> str:
+  """Runs (or resumes) the benchmark described by `cfg`; returns the Markdown results (the
+  empty string on processes other than 0, which write no table)."""
+  validate_config(cfg)
+  params, arch, mspec = load_model(cfg)
+  specs = method_specs(cfg)
+  pid, count = jax.process_index(), jax.process_count()
+  store = _open_store(cfg, pid, count)
+  fingerprints, domain_names = run_cells(cfg, params, arch, mspec, specs, make_mesh(cfg), store,
+                                         Settings(cfg.output_dir, writer=pid == 0))
   if count > 1:  # the table needs every process's records
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("metatpt-bench: all records written")
   if pid != 0:
     return ""
-  domain_names = list(dict.fromkeys(domain_names))
   # Only this run's cells: the directory may also hold other settings, seeds or methods.
   mine = records_lib.RecordStore(cfg.output_dir).of_cells(fingerprints)
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
@@ -270,17 +278,19 @@ def run(cfg: ml_collections.ConfigDict) -> str:
 
 
 def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
-  """Views of a few samples before/after the inner loop, one figure per learned MetaTPT."""
-  learned = [(n, s) for n, (k, s) in specs.items() if k == "metatpt" and s.augment == "learned"]
-  for name, spec in learned:
-    _plot_views_of(cfg, params, arch, mspec, name, spec, num_samples, num_views)
+  """Views of a few samples before/after adaptation, one figure per method that has them
+  (`registry.Method.view_pairs`: MetaTPT's learned views before and after the inner step)."""
+  for name, (kind, spec) in specs.items():
+    pairs_fn = registry.get(kind).view_pairs(spec)
+    if pairs_fn is not None:
+      _plot_views_of(cfg, params, arch, mspec, name, kind, spec, pairs_fn, num_samples, num_views)
 
 
-def _plot_views_of(cfg, params, arch, mspec, name, spec, num_samples, num_views):
+def _plot_views_of(cfg, params, arch, mspec, name, kind, spec, pairs_fn, num_samples, num_views):
   domain = domains_lib.load_domain(cfg.data.domains[0], split=cfg.data.split,
                                    num_images=num_samples, seed=cfg.seeds[0],
                                    image_size=arch.vision.image_size, **_paper_data_args(cfg))
-  state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, "metatpt", spec,
+  state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, kind, spec,
                                   cfg.seeds[0])
   key = methods_lib.domain_key(cfg.seeds[0], domain.name)
   pairs = []
@@ -288,9 +298,9 @@ def _plot_views_of(cfg, params, arch, mspec, name, spec, num_samples, num_views)
     inputs = domains_lib.batch_inputs(domain, np.array([i]))
     source = _sources(inputs)
     source = None if source is None else jax.tree.map(lambda x: x[0], source)
-    pairs.append(_VIEWS_BEFORE_AFTER(state.frozen, state.phi, jnp.asarray(inputs["image"][0]),
-                                     jax.random.fold_in(key, i), spec, mspec, source))
+    pairs.append(pairs_fn(state.frozen, state.phi, jnp.asarray(inputs["image"][0]),
+                          jax.random.fold_in(key, i), spec, mspec, source))
   before = np.stack([np.asarray(b[:num_views]) for b, _ in pairs])
   after = np.stack([np.asarray(a[:num_views]) for _, a in pairs])
-  titles = [domain.class_names[l] for l in domain.labels]
+  titles = [domain.class_names[label] for label in domain.labels]
   report.plot_views(os.path.join(cfg.output_dir, f"views_{name}.png"), before, after, titles)

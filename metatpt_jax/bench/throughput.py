@@ -33,9 +33,9 @@ from ml_collections import config_flags
 from metatpt_jax import adapt, prompts
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench.throughput_report import report, targets
-from metatpt_jax.data import benchmarks
 from metatpt_jax.clip import config as clip_config
 from metatpt_jax.clip import model as clip_model
+from metatpt_jax.data import benchmarks
 
 GIB = 2 ** 30
 
@@ -108,7 +108,7 @@ def matmul_ceiling(size: int, repeats: int = 5) -> dict:
 
 def torch_matmul_ceiling(size: int, repeats: int = 5) -> dict:
   """The same product in PyTorch."""
-  import torch  # pylint: disable=import-outside-toplevel
+  import torch
   a, b = torch.randn(size, size), torch.randn(size, size)
   return _ceiling(lambda: a @ b, size, repeats)
 
@@ -186,11 +186,12 @@ def measure_torch_tpt(params, arch, num_classes: int, n_views: int, selection_ra
                       samples: int, n_ctx: int, threads: int, workdir: str,
                       warmup: bool = True) -> dict:
   """TPT one image at a time in PyTorch (the public loop), on the same weights: s/sample."""
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.bench import torch_tpt  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.clip import checkpoint  # pylint: disable=import-outside-toplevel
-  from metatpt_jax.clip.tokenizer import default_tokenizer  # pylint: disable=import-outside-toplevel
+  import torch
+  import transformers
+
+  from metatpt_jax.bench import torch_tpt
+  from metatpt_jax.clip import checkpoint
+  from metatpt_jax.clip.tokenizer import default_tokenizer
   if threads:
     torch.set_num_threads(threads)
   directory = os.path.join(workdir, "torch_weights")
@@ -227,7 +228,7 @@ def _count_step(kind, spec, mspec):
   if not chunked:
     return None
   if getattr(spec, "view_chunk", 0):
-    spec = spec._replace(view_chunk=0)
+    spec = spec.replace(view_chunk=0)
   return adapt.make_step(kind, spec, mspec._replace(class_chunk=0))
 
 
@@ -242,69 +243,95 @@ def _estimate(rows, name, classes, batch):
   return max(r["s_per_sample"] for r in known) * batch
 
 
+def _say(msg):
+  print(msg, flush=True)
+
+
+def _model_spec(cfg, arch, dtype=None, remat=None):
+  return methods_lib.model_spec(ml_collections.ConfigDict(dict(
+      compute_dtype=dtype or cfg.compute_dtype, remat=cfg.remat if remat is None else remat,
+      class_chunk=cfg.class_chunk)), arch)
+
+
+def _measure_class_count(cfg, out, params, arch, mspec, num_classes):
+  """The PyTorch loop and every method's cells (each batch size) at one class count."""
+  rows = out["rows"]
+  limit = cfg.get("torch_max_classes", 0)
+  if cfg.torch_reference and limit and num_classes > limit:
+    out["torch"].append(dict(num_classes=num_classes, skipped=(
+        f"num_classes > torch_max_classes {limit} (its memory; see the config)")))
+    _say(f"torch TPT loop, {num_classes} classes: {out['torch'][-1]['skipped']}")
+  elif cfg.torch_reference:
+    _say(f"torch TPT loop, {num_classes} classes ...")
+    ref = measure_torch_tpt(params, arch, num_classes, cfg.n_views,
+                            cfg.methods.tpt.selection_ratio, cfg.torch_samples, cfg.n_ctx,
+                            cfg.torch_threads, cfg.output_dir, warmup=cfg.warmup)
+    out["torch"].append(dict(ref, num_classes=num_classes))
+    _say(f"  {ref['s_per_sample']:.2f} s/sample")
+  only = dict(cfg.methods_at).get(num_classes) or dict(cfg.methods_at).get(str(num_classes))
+  for name, mcfg in cfg.methods.items():
+    if only and name not in only:
+      continue
+    kind, spec = methods_lib.method_spec(mcfg)
+    step, count_step = adapt.make_step(kind, spec, mspec), _count_step(kind, spec, mspec)
+    state = adapt_state(params, arch, num_classes, kind, spec, cfg.n_ctx, cfg.seed)
+    for batch_size in cfg.batch_sizes:
+      cell = dict(method=name, num_classes=num_classes, batch=batch_size)
+      estimate = _estimate(rows, name, num_classes, batch_size) * (cfg.repeats + cfg.warmup)
+      if estimate > cfg.max_seconds_per_cell:
+        rows.append(dict(cell, skipped=f"estimated {estimate:.0f} s > max_seconds_per_cell "
+                                       f"{cfg.max_seconds_per_cell:g}"))
+        _say(f"{name} C={num_classes} B={batch_size}: {rows[-1]['skipped']}")
+        continue
+      _say(f"{name} C={num_classes} B={batch_size} ...")
+      r = measure_jax_cell(step, state, random_batch(arch, batch_size, cfg.seed), cfg.repeats,
+                           cfg.memory_limit_gib, count_step=count_step, warmup=cfg.warmup)
+      rows.append(dict(cell, **r))
+      save(cfg, out)  # a killed run keeps every finished cell
+      _say("  " + (r.get("skipped") or f"{r['s_per_sample']:.2f} s/sample, "
+                   f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_s']:.0f} s"))
+
+
+def _compile_only(cfg, out, arch_name):
+  """Memory and FLOPs per sample (nothing run) of the compile-only methods and policies."""
+  params, arch = random_model(arch_name, cfg.seed)
+  for dtype, remat in cfg.compile_only_policies:
+    ms = _model_spec(cfg, arch, dtype, remat)
+    for name in cfg.compile_only_methods:
+      kind, spec = methods_lib.method_spec(cfg.methods[name])
+      _say(f"compile only: {arch_name} {name} {dtype} remat={remat} ...")
+      r = measure_jax_cell(adapt.make_step(kind, spec, ms),
+                           adapt_state(params, arch, cfg.num_classes[0], kind, spec, cfg.n_ctx,
+                                       cfg.seed),
+                           random_batch(arch, 1, cfg.seed), 0, float("inf"),
+                           compile_only=True, count_step=_count_step(kind, spec, ms))
+      out["compile_only"].append(dict(arch=arch_name, method=name, compute_dtype=dtype,
+                                      remat=remat, num_classes=cfg.num_classes[0], **r))
+
+
 def run(cfg: ml_collections.ConfigDict) -> str:
   os.makedirs(cfg.output_dir, exist_ok=True)
   out = dict(config=cfg.to_dict(), xla_flags=os.environ.get("XLA_FLAGS", ""),
              backend=jax.default_backend(),
              devices=[str(d) for d in jax.devices()], jax=jax.__version__, rows=[], torch=[],
              compile_only=[])
-  say = lambda msg: print(msg, flush=True)
   out["ceiling"] = matmul_ceiling(cfg.matmul_size)
-  say(f"ceiling: {cfg.matmul_size}^2 fp32 matmul {out['ceiling']['flops_per_s'] / 1e9:.1f} "
-      "GFLOP/s (JAX)")
+  _say(f"ceiling: {cfg.matmul_size}^2 fp32 matmul {out['ceiling']['flops_per_s'] / 1e9:.1f} "
+       "GFLOP/s (JAX)")
   if cfg.torch_reference:
     out["torch_ceiling"] = torch_matmul_ceiling(cfg.matmul_size)
   params, arch = random_model(cfg.arch, cfg.seed)
-  mspec = methods_lib.model_spec(ml_collections.ConfigDict(
-      dict(compute_dtype=cfg.compute_dtype, remat=cfg.remat, class_chunk=cfg.class_chunk)), arch)
   out["analytic"] = dict(vit_forward_flops=vit_forward_flops(arch),
                          text_forward_flops_per_prompt=text_forward_flops(arch, 1))
-  rows = out["rows"]
   for num_classes in cfg.num_classes:
-    if cfg.torch_reference:
-      say(f"torch TPT loop, {num_classes} classes ...")
-      ref = measure_torch_tpt(params, arch, num_classes, cfg.n_views,
-                              cfg.methods.tpt.selection_ratio, cfg.torch_samples, cfg.n_ctx,
-                              cfg.torch_threads, cfg.output_dir, warmup=cfg.warmup)
-      out["torch"].append(dict(ref, num_classes=num_classes))
-      say(f"  {ref['s_per_sample']:.2f} s/sample")
-    only = dict(cfg.methods_at).get(num_classes) or dict(cfg.methods_at).get(str(num_classes))
-    for name, mcfg in cfg.methods.items():
-      if only and name not in only:
-        continue
-      kind, spec = methods_lib.method_spec(mcfg)
-      step, count_step = adapt.make_step(kind, spec, mspec), _count_step(kind, spec, mspec)
-      state = adapt_state(params, arch, num_classes, kind, spec, cfg.n_ctx, cfg.seed)
-      for batch_size in cfg.batch_sizes:
-        cell = dict(method=name, num_classes=num_classes, batch=batch_size)
-        estimate = _estimate(rows, name, num_classes, batch_size) * (cfg.repeats + cfg.warmup)
-        if estimate > cfg.max_seconds_per_cell:
-          rows.append(dict(cell, skipped=f"estimated {estimate:.0f} s > max_seconds_per_cell "
-                                         f"{cfg.max_seconds_per_cell:g}"))
-          say(f"{name} C={num_classes} B={batch_size}: {rows[-1]['skipped']}")
-          continue
-        say(f"{name} C={num_classes} B={batch_size} ...")
-        r = measure_jax_cell(step, state, random_batch(arch, batch_size, cfg.seed), cfg.repeats,
-                             cfg.memory_limit_gib, count_step=count_step, warmup=cfg.warmup)
-        rows.append(dict(cell, **r))
-        say("  " + (r.get("skipped") or f"{r['s_per_sample']:.2f} s/sample, "
-                    f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s, compile {r['compile_s']:.0f} s"))
+    _measure_class_count(cfg, out, params, arch, _model_spec(cfg, arch), num_classes)
   for arch_name in cfg.compile_only_archs:  # memory per sample for the scaling note
-    p_big, a_big = random_model(arch_name, cfg.seed)
-    for dtype, remat in cfg.compile_only_policies:
-      ms = methods_lib.model_spec(ml_collections.ConfigDict(dict(
-          compute_dtype=dtype, remat=remat, class_chunk=cfg.class_chunk)), a_big)
-      for name in cfg.compile_only_methods:
-        kind, spec = methods_lib.method_spec(cfg.methods[name])
-        say(f"compile only: {arch_name} {name} {dtype} remat={remat} ...")
-        r = measure_jax_cell(adapt.make_step(kind, spec, ms),
-                             adapt_state(p_big, a_big, cfg.num_classes[0], kind, spec, cfg.n_ctx,
-                                         cfg.seed),
-                             random_batch(a_big, 1, cfg.seed), 0, float("inf"),
-                             compile_only=True, count_step=_count_step(kind, spec, ms))
-        out["compile_only"].append(dict(arch=arch_name, method=name, compute_dtype=dtype,
-                                        remat=remat, num_classes=cfg.num_classes[0], **r))
-    del p_big
+    _compile_only(cfg, out, arch_name)
+  return save(cfg, out)
+
+
+def save(cfg, out: dict) -> str:
+  """Writes results.json and results.md (so far) and returns the Markdown."""
   out["peak_rss_gib"] = peak_rss_gib()
   out["targets"] = targets(out, cfg)
   text = report(out)

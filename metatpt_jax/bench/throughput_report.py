@@ -39,12 +39,16 @@ def targets(out: dict, cfg) -> list:
   ceiling = out["ceiling"]["flops_per_s"]
   tpt_name, meta_name = cfg.meta_target_pair
   add = lambda goal, c, value, met, detail: res.append(dict(
-      goal=goal, num_classes=c, value=value, met=bool(met), detail=detail))
+      goal=goal, num_classes=c, value=value, met=None if met is None else bool(met),
+      detail=detail))
   for c in cfg.num_classes:
     tpt_row, torch_row = _best(rows, "tpt", c), next(
         (r for r in out["torch"] if r["num_classes"] == c), None)
     goal = _at(t.tpt_vs_torch, c)
-    if goal and tpt_row and torch_row:
+    if goal and tpt_row and torch_row and "skipped" in torch_row:
+      add(f"JAX TPT >= {goal:g}x the PyTorch loop's samples/s", c, float("nan"), None,
+          f"PyTorch loop not run: {torch_row['skipped']}")
+    elif goal and tpt_row and torch_row:
       ratio = tpt_row["samples_per_s"] / torch_row["samples_per_s"]
       add(f"JAX TPT >= {goal:g}x the PyTorch loop's samples/s", c, ratio, ratio >= goal,
           f"batch {tpt_row['batch']}: {tpt_row['samples_per_s']:.4f} vs "
@@ -92,6 +96,10 @@ def report(out: dict) -> str:
            "GFLOP/sample | GFLOP/s | % ceiling | memory GiB |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for t in out["torch"]:
+    if "skipped" in t:
+      lines.append(f"| PyTorch TPT loop | {t['num_classes']} | 1 | - | skipped: {t['skipped']} "
+                   "| | | | | | |")
+      continue
     lines.append(f"| PyTorch TPT loop | {t['num_classes']} | 1 | - | {t['s_per_sample']:.2f} | "
                  f"{t['samples_per_s']:.4f} | {t['s_per_sample']:.2f} | - | - | - | - |")
   for r in out["rows"]:
@@ -106,19 +114,26 @@ def report(out: dict) -> str:
                  f"{r['s_per_sample']:.2f} | {r['flops_per_sample'] / 1e9:.3g} | "
                  f"{r['flops_per_s'] / 1e9:.1f} | {100 * r['flops_per_s'] / ceiling:.0f} | "
                  f"{mem} |")
-  if out["compile_only"]:
-    lines += ["", "Compiled memory per sample (batch 1, compile only):", "",
-              "| arch | method | classes | dtype | remat | GiB | GFLOP/sample |",
-              "|---|---|---|---|---|---|---|"]
-    for r in out["compile_only"]:
-      lines.append(f"| {r['arch']} | {r['method']} | {r['num_classes']} | {r['compute_dtype']} "
-                   f"| {r['remat']} | {r['memory'].get('peak', 0) / GIB:.2f} | "
-                   f"{r['flops'] / 1e9:.3g} |")
+  lines += _compile_only_table(out["compile_only"])
   if out["targets"]:
     lines += ["", "| goal | classes | measured | met | detail |", "|---|---|---|---|---|"]
     for t in out["targets"]:
-      lines.append(f"| {t['goal']} | {t['num_classes']} | {t['value']:.2f} | "
-                   f"{'yes' if t['met'] else 'NO'} | {t['detail']} |")
+      met = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
+      lines.append(f"| {t['goal']} | {t['num_classes']} | {t['value']:.2f} | {met} | "
+                   f"{t['detail']} |")
   lines += ["", f"Peak resident memory of the process: {out['peak_rss_gib']:.1f} GiB.",
             "Random weights: costs only, never accuracy.", ""]
   return "\n".join(lines)
+
+
+def _compile_only_table(rows) -> list:
+  if not rows:
+    return []
+  lines = ["", "Compiled memory per sample (batch 1, compile only):", "",
+           "| arch | method | classes | dtype | remat | GiB | GFLOP/sample |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['arch']} | {r['method']} | {r['num_classes']} | {r['compute_dtype']} "
+                 f"| {r['remat']} | {r['memory'].get('peak', 0) / GIB:.2f} | "
+                 f"{r['flops'] / 1e9:.3g} |")
+  return lines

@@ -17,10 +17,16 @@ import zipfile
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from metatpt_jax.clip.checkpoint_formats import (CheckpointError, _listing, arch_from_hf_config,
-                                                 hf_config_from_arch, hf_state_dict_from_params,
-                                                 infer_arch, params_from_state_dict)
 from metatpt_jax.clip import hub
+from metatpt_jax.clip.checkpoint_formats import (
+  CheckpointError,
+  _listing,
+  arch_from_hf_config,
+  hf_config_from_arch,
+  hf_state_dict_from_params,
+  infer_arch,
+  params_from_state_dict,
+)
 from metatpt_jax.clip.config import CLIPArch
 
 __all__ = ["ACCEPTED_FORMATS", "CheckpointError", "arch_from_hf_config", "hf_config_from_arch",

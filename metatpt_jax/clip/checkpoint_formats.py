@@ -17,9 +17,16 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from metatpt_jax.clip.config import (
+  EOT_TOKEN_ID,
+  LAYER_NORM_EPS,
+  LOGIT_SCALE_INIT,
+  SOT_TOKEN_ID,
+  CLIPArch,
+  TextArch,
+  VisionArch,
+)
 from metatpt_jax.errors import UserError
-from metatpt_jax.clip.config import (CLIPArch, EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT,
-                                     SOT_TOKEN_ID, TextArch, VisionArch)
 
 # Buffers and TorchScript metadata that carry no weights.
 _IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length"

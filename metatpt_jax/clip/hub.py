@@ -43,8 +43,8 @@ def _has_weights(directory: pathlib.Path) -> bool:
 def download(model_id: str, cache_dir: str | None = None) -> pathlib.Path:
   """config.json + weights of `model_id` via huggingface_hub; CheckpointError when offline."""
   try:
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-    from huggingface_hub import errors  # pylint: disable=import-outside-toplevel
+    import huggingface_hub
+    from huggingface_hub import errors
   except ImportError as err:
     raise CheckpointError(f"{model_id!r} is not a local path and huggingface_hub is not "
                           f"installed (`pip install huggingface_hub`). "

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metatpt_jax.clip.config import CLIPArch, EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT
+from metatpt_jax.clip.config import EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT, CLIPArch
 
 Dtype = Any
 

@@ -28,7 +28,7 @@ def _dense(p, x, dtype):
 
 
 def _norm(p, x, dtype):
-  return clip_model._layer_norm(None, dtype).apply({"params": p}, x)  # pylint: disable=protected-access
+  return clip_model._layer_norm(None, dtype).apply({"params": p}, x)
 
 
 def _heads(p, x, heads, dtype):  # p: a layer's self_attn parameters
@@ -46,7 +46,7 @@ def _causal_scores(q, k, wide):
 
 
 def _mlp(p, x, activation, dtype):
-  h = clip_model._activation(activation)(_dense(p["fc1"], x, dtype))  # pylint: disable=protected-access
+  h = clip_model._activation(activation)(_dense(p["fc1"], x, dtype))
   return _dense(p["fc2"], h, dtype)
 
 
@@ -59,7 +59,7 @@ def _finish_block(p, x, attended, arch, dtype):
 
 def _prefix_layer(p, x_p, arch, dtype):
   """One layer over the prefix [P, W] alone -> (next x_p, this layer's prefix keys, values)."""
-  wide = clip_model._wide(dtype)  # pylint: disable=protected-access
+  wide = clip_model._wide(dtype)
   q, k, v = _heads(p["self_attn"], _norm(p["layer_norm1"], x_p, dtype), arch.text.heads, dtype)
   w = jax.nn.softmax(_causal_scores(q, k, wide), axis=-1).astype(dtype)
   return _finish_block(p, x_p, jnp.einsum("hqk,khd->qhd", w, v), arch, dtype), k, v
@@ -67,7 +67,7 @@ def _prefix_layer(p, x_p, arch, dtype):
 
 def _suffix_layer(p, x_s, k_p, v_p, arch, dtype):
   """One layer over suffixes [C, S, W] that also attend to every prefix key/value [P, h, d]."""
-  wide = clip_model._wide(dtype)  # pylint: disable=protected-access
+  wide = clip_model._wide(dtype)
   q, k, v = _heads(p["self_attn"], _norm(p["layer_norm1"], x_s, dtype), arch.text.heads, dtype)
   to_prefix = jnp.einsum("cqhd,khd->chqk", q, k_p).astype(wide)
   w = jax.nn.softmax(jnp.concatenate([to_prefix, _causal_scores(q, k, wide)], -1),
@@ -87,7 +87,7 @@ def _encode_suffixes(params, prefix_kv, suffix, suffix_eot, arch, dtype):
                       dtype)
   pooled = jnp.take_along_axis(x, suffix_eot[:, None, None], axis=1)[:, 0]
   pooled = _norm(t["final_layer_norm"], pooled, dtype)
-  return _dense(params["text_projection"], pooled, dtype).astype(clip_model._wide(dtype))  # pylint: disable=protected-access
+  return _dense(params["text_projection"], pooled, dtype).astype(clip_model._wide(dtype))
 
 
 def encode_text_shared_prefix(params, prefix: jax.Array, suffix: jax.Array,

@@ -24,7 +24,7 @@ import importlib.resources
 import json
 import os
 import unicodedata
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import regex

@@ -7,7 +7,7 @@ OpenAI's ImageNet zero-shot notebook (prompt ensembling).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import jax

@@ -6,3 +6,6 @@
 from metatpt_jax.data.corruptions import CORRUPTIONS, SEVERITIES, SHIFTS
 from metatpt_jax.data.domains import Domain, load_domain, load_source, parse_spec
 from metatpt_jax.data.sources import MissingSourceError
+
+__all__ = ["CORRUPTIONS", "SEVERITIES", "SHIFTS", "Domain", "load_domain", "load_source",
+           "parse_spec", "MissingSourceError"]

@@ -25,7 +25,8 @@ import functools
 import importlib.resources
 import json
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -104,7 +105,7 @@ def tfds_build_command(bench: Benchmark, data_dir: str) -> str:
           f"--file_format=array_record")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_classes(name: str, classnames_dir: str | None = None) -> dict:
   """The class-name file of `name`: classnames, label_names, templates (and for ImageNet-A/-R
   imagenet_indices). `classnames_dir` holds replacement `<name>.json` files."""
@@ -187,7 +188,7 @@ def to_canvas(image: np.ndarray, canvas_size: int) -> tuple[np.ndarray, np.ndarr
   image = as_rgb(image)
   height, width = image.shape[:2]
   if max(height, width) > canvas_size:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from PIL import Image
     ratio = canvas_size / max(height, width)
     new = (max(1, min(canvas_size, round(width * ratio))),
            max(1, min(canvas_size, round(height * ratio))))
@@ -264,7 +265,7 @@ class Records(NamedTuple):
 def read_tfds(bench: Benchmark, classes: dict, data_dir: str) -> Records:
   """Opens the prepared tfds split (MissingSourceError naming the `tfds build` command if it
   is not prepared) and maps its labels to our classes."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds
   try:
     source = tfds.data_source(bench.tfds_name, split=bench.split, data_dir=data_dir,
                               download=False)
@@ -364,7 +365,7 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
     Domain(name=spec, images=LazyImages [N, S, S, 3] uint8, labels [N] int32, class_names).
   """
   # On use: tfds_builders imports tensorflow_datasets, which folder-only users never need.
-  from metatpt_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.data import tfds_builders
   bench, folder = parse_paper_spec(spec)
   classes = load_classes(bench.name, classnames_dir)
   if folder:

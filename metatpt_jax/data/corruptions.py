@@ -51,7 +51,7 @@ def check_shift(name: str, severity: int) -> None:
 
 def _import_imagecorruptions():
   try:
-    import imagecorruptions  # pylint: disable=import-outside-toplevel
+    import imagecorruptions
   except ImportError as e:
     raise ImportError(f"The corruptions need imagecorruptions-imaug. Install it with: "
                       f"{CORRUPTIONS_INSTALL}") from e
@@ -70,7 +70,7 @@ def _global_numpy_seed(seed: int):
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.uint8)
 
 
@@ -123,7 +123,7 @@ def affine_image(image: np.ndarray, severity: int, seed: int) -> np.ndarray:
   Returns:
     [S, S, 3] uint8.
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   check_shift("affine", severity)
   rng = np.random.default_rng(seed)
   i = severity - 1

@@ -84,7 +84,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     raise ValueError(f"resize_images takes square images, got shape {images.shape}.")
   if images.shape[1:3] == (size, size):
     return images
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
                    for im in images])
 

@@ -161,7 +161,7 @@ def image_files(root: str, folders: list[str]) -> tuple[list[str], np.ndarray]:
 
 def decode_image(path: str) -> np.ndarray:
   """The image file as RGB uint8 [H, W, 3] (fully decoded, so a truncated file fails here)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from PIL import Image
   with Image.open(path) as im:
     return np.asarray(im.convert("RGB"), np.uint8)
 
@@ -178,7 +178,7 @@ def decode_readable(root: str, paths: list[str], threads: int = 16):
   def one(path):
     try:
       return decode_image(path), None
-    except Exception as err:  # pylint: disable=broad-except  # PIL raises many types
+    except Exception as err:  # PIL raises many types
       return None, f"{type(err).__name__}: {errors.one_line(err)}"
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = list(pool.map(one, paths))

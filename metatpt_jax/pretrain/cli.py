@@ -8,8 +8,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,7 +21,7 @@ flags.mark_flag_as_required("config")
 def _main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from metatpt_jax.pretrain import train  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.pretrain import train
   command = shlex.join(["python", "-m", "metatpt_jax.pretrain.cli", *sys.argv[1:]])
   metadata = train.run(_CONFIG.value, command=command)
   if not metadata["finished"]:

@@ -25,7 +25,7 @@ def _flat(tree) -> dict:
 
 def save_state(directory: str, state, info: dict) -> None:
   """Writes `state` (any pytree of arrays) and `info` (JSON-able) into `directory`."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import save_file
   os.makedirs(directory, exist_ok=True)
   arrays = {k: np.array(v, order="C") for k, v in _flat(state).items()}
   tmp = os.path.join(directory, STATE_FILE + ".tmp")
@@ -42,7 +42,7 @@ def has_state(directory: str) -> bool:
 
 def restore_state(directory: str, template):
   """Returns (state shaped like `template`, info dict) from `directory`."""
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file
   arrays = load_file(os.path.join(directory, STATE_FILE))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   missing = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in arrays]

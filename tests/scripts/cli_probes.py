@@ -15,7 +15,7 @@ import tempfile
 
 
 def _probe(argv):
-  from metatpt_jax.bench import cli  # pylint: disable=import-outside-toplevel
+  from metatpt_jax.bench import cli
   with tempfile.TemporaryDirectory() as tmp:
     err_path, out_path = os.path.join(tmp, "err"), os.path.join(tmp, "out")
     pid = os.fork()
@@ -29,14 +29,14 @@ def _probe(argv):
             cli.main(["metatpt-bench", *argv])
           except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-          except BaseException:  # pylint: disable=broad-except
-            import traceback  # pylint: disable=import-outside-toplevel
+          except BaseException:
+            import traceback
             traceback.print_exc()
             code = 1
           sys.stdout.flush()
           sys.stderr.flush()
       finally:
-        os._exit(code)  # pylint: disable=protected-access
+        os._exit(code)
     _, status = os.waitpid(pid, 0)
     with open(err_path) as f:
       err = f.read()
@@ -48,7 +48,7 @@ def _probe(argv):
 def main():
   with open(sys.argv[1]) as f:
     probes = json.load(f)
-  import metatpt_jax.bench.runner  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
+  import metatpt_jax.bench.runner  # noqa: F401
   with open(sys.argv[2], "w") as f:
     json.dump([_probe(p) for p in probes], f)
 

@@ -35,7 +35,7 @@ def _parse(argv):
 
 
 def _setup_jax(args):
-  import jax  # pylint: disable=g-import-not-at-top  # configured before any use
+  import jax  # configured before any use
   jax.config.update("jax_num_cpu_devices", args.devices)
   if args.mode == "distributed":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -47,16 +47,16 @@ def _setup_jax(args):
 
 @functools.cache
 def _frozen():
-  from tests import method_helpers as h  # pylint: disable=g-import-not-at-top
+  from tests import method_helpers as h
   # Logit scale 10: at 100 the random tiny CLIP's predictions are one-hot and gradients vanish.
   return h.tiny_frozen(seed=0, logit_scale=np.log(10.0))
 
 
 def _problem(method):
   """(state, spec, mspec, images [BATCH, S, S, 3] NumPy, indices [BATCH]) -- deterministic."""
-  from metatpt_jax import adapt, metatpt, tpt  # pylint: disable=g-import-not-at-top
-  from metatpt_jax import generator as gen  # pylint: disable=g-import-not-at-top
-  from tests import method_helpers as h  # pylint: disable=g-import-not-at-top
+  from metatpt_jax import adapt, metatpt, tpt
+  from metatpt_jax import generator as gen
+  from tests import method_helpers as h
   frozen, mspec = _frozen()
   if method == "zero_shot":  # no gradients: separates the data plumbing from the adaptation
     spec, phi = None, None
@@ -76,7 +76,7 @@ def _to_numpy(metrics):
 
 
 def run_fake(args, jax):
-  from metatpt_jax import adapt, sharding  # pylint: disable=g-import-not-at-top
+  from metatpt_jax import adapt, sharding
   assert jax.device_count() == args.devices, jax.devices()
   mesh = sharding.make_data_mesh()
   results = {}
@@ -97,8 +97,10 @@ def run_fake(args, jax):
 
 
 def run_distributed(args, jax):
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from metatpt_jax import adapt, sharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from metatpt_jax import adapt, sharding
   assert jax.process_count() == args.num_processes
   assert jax.device_count() == args.devices * args.num_processes, jax.devices()
   mesh = sharding.make_data_mesh()
@@ -113,7 +115,7 @@ def run_distributed(args, jax):
     try:  # the public, checked step
       _, sharded = step(*args_)
       results[f"{method}/checked_step_error"] = np.asarray("")
-    except Exception as err:  # pylint: disable=broad-except  # reported to the test, not hidden
+    except Exception as err:  # reported to the test, not hidden
       results[f"{method}/checked_step_error"] = np.asarray(f"{type(err).__name__}: {err}")
       # The raw jitted step still tests the distributed computation itself.
       _, sharded = step.jitted(*args_)
