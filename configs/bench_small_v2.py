@@ -9,6 +9,7 @@ Fashion-/Animal-MNIST images (issue 12; docs/OFFLINE_V2.md has every figure).
     metatpt-bench --config configs/bench_small_v2.py:test_ablations   # 500 images, one seed
     metatpt-bench --config configs/bench_small_v2.py:dev_budget   # the budget grid, train split
     metatpt-bench --config configs/bench_small_v2.py:test_chosen  # chosen-settings group, test
+    metatpt-bench --config configs/bench_small_v2.py:test_baselines   # ZERO, C-TPT, MTA, test
     metatpt-bench --config configs/bench_small_v2.py:demo         # `make demo`
     metatpt-bench --config configs/bench_small_v2.py:dev --config.model.checkpoint=\
         checkpoints/small_clip --config.output_dir=runs/bench_small_v1_dev   # the v1 checkpoint
@@ -185,9 +186,17 @@ def _test_ablations(c):
   c.methods = defaults.all_methods()
 
 
+def _test_baselines(c):
+  # The field's baselines at their published settings beside zero-shot and TPT (published-
+  # settings group), in the same output_dir as `test`, so zero-shot's and TPT's records are
+  # shared.
+  _test_split(c, 1000, (0, 1, 2), "runs/bench_small_v2_test")
+  c.methods = {"zero_shot": _zero_shot(), "tpt": defaults.tpt_method(), **defaults.baselines()}
+
+
 VARIANTS = {"levels": _levels, "dev": _dev, "dev_metatpt": _dev_metatpt, "dev_steps": _dev_steps,
             "dev_budget": _dev_budget, "demo": _demo, "test": _test, "test_chosen": _test_chosen,
-            "test_ablations": _test_ablations}
+            "test_ablations": _test_ablations, "test_baselines": _test_baselines}
 
 
 def get_config(arg: str = "levels"):

@@ -24,8 +24,13 @@ from metatpt_jax.data import benchmarks, tfds_builders
 
 VIEW_CHUNK = 8
 METHODS = ("zero_shot", "tpt", "metatpt", "metatpt_first_order", "metatpt_joint",
-           "metatpt_fixed_aug", "metatpt_offline")
-GROUPS = {"main": ("zero_shot", "tpt", "metatpt"), "all": METHODS}
+           "metatpt_fixed_aug", "metatpt_offline", "zero", "ctpt", "mta")
+GROUPS = {"main": ("zero_shot", "tpt", "metatpt"), "baselines": ("zero_shot", "tpt", "zero",
+                                                                 "ctpt", "mta"),
+          "all": METHODS}
+# C-TPT's authors: dispersion weight 20 and AugMix views on ImageNet-A/-V2/-R/-Sketch, 50 (and
+# TPT's views) elsewhere.
+CTPT_IMAGENET_VARIANTS = ("imagenet_a", "imagenet_v2", "imagenet_r", "imagenet_sketch")
 
 
 def _parse(arg: str):
@@ -63,7 +68,10 @@ def get_config(arg: str = ""):
   # The inner gradient over chunks of VIEW_CHUNK views: the same meta-gradient in 2.8 GiB per
   # sample instead of 23 (B/16, 64 views, 10 classes; docs/THROUGHPUT.md).
   every = defaults.all_methods(view_chunk=VIEW_CHUNK)
-  every.tpt.view_kind = bench.view_kind
+  every.update(defaults.baselines())
+  every.tpt.view_kind = every.ctpt.view_kind = bench.view_kind
+  if bench.name in CTPT_IMAGENET_VARIANTS:
+    every.ctpt.update(dict(dispersion_weight=20.0, view_kind="augmix"))
   c.methods = {name: every[name] for name in methods}
   c.output_dir = os.path.join("runs", "paper", bench.name, method_arg)
   c.plot_views = False

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from metatpt_jax import generator as gen
-from metatpt_jax import metatpt, offline_generator, tpt, views
+from metatpt_jax import metatpt, offline_generator, tpt, training_free, views
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import ModelSpec, class_features, encode_images, logits
 from metatpt_jax.specs import Spec
@@ -119,3 +119,21 @@ register(Method(
     prepare=_fit_offline,
     config_fields={"offline_images": 64},  # images the offline generator is fitted on
     view_pairs=lambda spec: _VIEWS_BEFORE_AFTER if spec.augment == "learned" else None))
+
+
+# ------------------------------------------------------------------ the field's baselines
+register(Method("ctpt", tpt_one_sample, spec_type=tpt.CTPTSpec))   # TPT + text dispersion
+
+
+def zero_one_sample(state, image, key, spec, mspec, source=None):
+  return training_free.zero_one_sample(state.frozen, image, key, spec, mspec, source)
+
+
+register(Method("zero", zero_one_sample, spec_type=training_free.ZeroSpec))
+
+
+def mta_one_sample(state, image, key, spec, mspec, source=None):
+  return training_free.mta_one_sample(state.frozen, image, key, spec, mspec, source)
+
+
+register(Method("mta", mta_one_sample, spec_type=training_free.MTASpec))

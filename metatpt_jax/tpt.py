@@ -1,4 +1,5 @@
-"""TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as docs/METHOD.md (TPT).
+"""TPT (Shu et al., NeurIPS 2022) as a per-sample pure function, exactly as docs/METHOD.md (TPT),
+and C-TPT (TPT's loss minus a weighted dispersion of the class text features, `CTPTSpec`).
 
 Per image: 64 views (the image + 63 random resized crops with flips, cut from the full decoded
 image when a `views.Source` is given, as TPT's public code does), image features once without
@@ -13,6 +14,7 @@ from typing import Literal
 
 import chex
 import jax
+import jax.numpy as jnp
 import optax
 
 from metatpt_jax import augmix, losses, views
@@ -62,15 +64,23 @@ def make_views(image, key, spec: TPTSpec, source: views.Source | None = None):
   return VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source, scale=spec.crop_scale)
 
 
-def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, mspec: ModelSpec):
-  """TPT's inner loop given fixed view features [V, E]: returns (tuned ctx, metrics)."""
+def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, mspec: ModelSpec,
+                            text_loss=None):
+  """TPT's inner loop given fixed view features [V, E]: returns (tuned ctx, metrics).
+
+  text_loss(class text features [C, E]) -> scalar, added to the entropy (C-TPT's dispersion
+  term); None: TPT's loss alone."""
   opt = make_optimizer(spec.lr, spec.b1, spec.b2, spec.eps, spec.weight_decay)
 
   def loss_fn(ctx, keep):
-    view_logits = logits(frozen, image_features, class_features(frozen, ctx, mspec))
+    text = class_features(frozen, ctx, mspec)
+    view_logits = logits(frozen, image_features, text)
     # Selection happens once, at the first step (keep is None there).
     keep = losses.select_confident(view_logits, spec.num_keep) if keep is None else keep
-    return losses.marginal_entropy(view_logits[keep]), (keep, view_logits[0])
+    loss = losses.marginal_entropy(view_logits[keep])
+    if text_loss is not None:
+      loss = loss + text_loss(text)
+    return loss, (keep, view_logits[0])
 
   def update(ctx, opt_state, grad):
     updates, opt_state = opt.update(grad, opt_state, ctx)
@@ -106,6 +116,27 @@ def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, s
   chex.assert_rank(image, 3)
   all_views = make_views(image, key, spec, source)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
-  ctx, metrics = tune_prompt_on_features(frozen, feats, spec, mspec)
+  text_loss = TEXT_LOSSES[type(spec)](spec)
+  ctx, metrics = tune_prompt_on_features(frozen, feats, spec, mspec, text_loss)
   final = logits(frozen, feats[:1], class_features(frozen, ctx, mspec))[0]
   return final, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class CTPTSpec(TPTSpec):
+  """C-TPT (Yoon et al., ICLR 2024): TPT's settings plus the weight of the text-feature
+  dispersion reward (50: the authors' ImageNet and fine-grained value; 20 for ImageNet-A/-V2/
+  -R/-Sketch)."""
+  dispersion_weight: float = 50.0
+
+
+def text_feature_dispersion(text: jax.Array) -> jax.Array:
+  """C-TPT's ATFD: mean L2 distance of unit class text features [C, E] to their centroid."""
+  return jnp.mean(jnp.linalg.norm(text - jnp.mean(text, axis=0), axis=-1))
+
+
+# Spec type -> fn(spec) -> the text loss TPT's entropy is joined with (None: entropy alone).
+TEXT_LOSSES = {
+    TPTSpec: lambda spec: None,
+    CTPTSpec: lambda spec: lambda text: -spec.dispersion_weight * text_feature_dispersion(text),
+}

@@ -35,6 +35,8 @@ def _config_methods():
   paper = config_module("paper")
   configs.update({f"paper:{name}": paper.get_config(f"{name},all")
                   for name in benchmarks.BENCHMARKS})
+  configs["bench_small_v2:test_baselines"] = config_module("bench_small_v2").get_config(
+      "test_baselines")
   configs.update({f"throughput:{v}": config_module("throughput").get_config(v)
                   for v in ("", "cpu", "tiny", "scaling")})
   return [(cname, mname, mcfg) for cname, cfg in configs.items()
@@ -43,12 +45,12 @@ def _config_methods():
 
 # Spec fields that choose code (every Literal field must be here) and derived switches.
 CODE_FIELDS = {
-    "tpt": ("view_kind",),
+    "tpt": ("view_kind",), "ctpt": ("view_kind",), "zero": ("view_kind",), "mta": ("view_kind",),
     "metatpt": ("augment", "schedule", "order", "selection", "inner_step", "aux_loss",
                 "recompute_kept"),
 }
 SWITCHES = {
-    "tpt": lambda s: (),
+    "tpt": lambda s: (), "ctpt": lambda s: (), "zero": lambda s: (), "mta": lambda s: (),
     "metatpt": lambda s: (s.view_chunk > 0, s.generator.factor_shift, s.generator.use_feature),
 }
 
@@ -64,11 +66,12 @@ def _code_path(kind, spec) -> tuple:
 def _tiny(kind, spec):
   """The same code path at the test size: 8 views, 2 kept, and always 2 steps (the first step
   and the scan over later ones both run, whatever the config's step count)."""
-  if kind == "zero_shot":
+  if spec is None:
     return spec
-  small = dict(n_views=8, selection_ratio=0.25)
-  if kind == "tpt":
-    return spec.replace(steps=2, **small)
+  small = dict(n_views=8, selection_ratio=0.25, steps=2)
+  if kind != "metatpt":
+    return spec.replace(**{k: v for k, v in small.items() if k in spec.field_names()})
+  del small["steps"]
   return spec.replace(outer_steps=2, inner_steps=min(spec.inner_steps, 1),
                       view_chunk=3 if spec.view_chunk else 0,
                       generator=spec.generator._replace(hidden=8), **small)

@@ -52,6 +52,13 @@ def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
   })
 
 
+def baselines(**overrides_by_kind) -> ml_collections.ConfigDict:
+  """The field's test-time baselines at their authors' defaults: ZERO, C-TPT and MTA."""
+  return ml_collections.ConfigDict({
+      kind: method_config(kind, **overrides_by_kind.get(kind, {}))
+      for kind in ("zero", "ctpt", "mta")})
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # class_chunk: the text tower over this many classes at a time (0: all; bounds memory at 1000)

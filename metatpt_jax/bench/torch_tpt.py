@@ -81,11 +81,18 @@ class TorchTPT:
     avg_logits = torch.clamp(avg_logits, min=torch.finfo(avg_logits.dtype).min)
     return -(avg_logits * torch.exp(avg_logits)).sum(dim=-1)
 
-  def adapt(self, pixels, steps, lr=5e-3, eps=1e-8, top=0.1, reencode_view0=False):
+  @staticmethod
+  def text_dispersion(text):
+    """C-TPT's public code: mean L2 distance of the normalised class features to their mean."""
+    return (text - text.mean(dim=0)).norm(dim=-1).mean()
+
+  def adapt(self, pixels, steps, lr=5e-3, eps=1e-8, top=0.1, reencode_view0=False,
+            dispersion_weight=0.0):
     """TPT's test_time_tuning then the prediction on view 0; returns a dict of NumPy arrays.
 
     With `reencode_view0`, the prediction encodes view 0 again, as the public loop does
-    (`model(image)` after tuning); otherwise it reuses view 0's feature.
+    (`model(image)` after tuning); otherwise it reuses view 0's feature. `dispersion_weight` > 0
+    is C-TPT: the loss is the entropy minus that weight times the text-feature dispersion.
     """
     feats = self.image_features(pixels)
     optimizer = torch.optim.AdamW([self.ctx], lr=lr, eps=eps)  # weight_decay 0.01 by default
@@ -97,6 +104,8 @@ class TorchTPT:
       else:
         output = output[selected]
       loss = self.avg_entropy(output)
+      if dispersion_weight:
+        loss = loss - dispersion_weight * self.text_dispersion(self.text_features())
       first_loss = loss.item() if first_loss is None else first_loss
       optimizer.zero_grad()
       loss.backward()
