@@ -3,6 +3,7 @@
     metatpt-bench --config configs/bench_tiny.py --config.model.checkpoint=/tmp/tiny_clip
     metatpt-bench --config configs/bench_tiny.py:quick ...   # zero-shot, TPT, MetaTPT only
     metatpt-bench --config configs/bench_tiny.py:tpt ...     # zero-shot and TPT only
+    metatpt-bench --config configs/bench_tiny.py:tda ...     # zero-shot and TDA (online)
 """
 from metatpt_jax.bench import defaults
 
@@ -22,8 +23,10 @@ def get_config(arg: str = ""):
   if arg in ("quick", "tpt"):
     keep = ("zero_shot", "tpt", "metatpt") if arg == "quick" else ("zero_shot", "tpt")
     c.methods = {k: c.methods[k] for k in keep}
+  elif arg == "tda":  # the online method: one stream, state saved after every batch
+    c.methods = {"zero_shot": c.methods.zero_shot, "tda": defaults.method_config("tda")}
   elif arg:
-    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'quick' or 'tpt'.")
+    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'quick', 'tpt' or 'tda'.")
   c.output_dir = "runs/bench_tiny"
   c.progress_bar = False
   return c

@@ -4,6 +4,7 @@
     metatpt-throughput --config configs/throughput.py:cpu      # the subset 2 CPU cores can run
     metatpt-throughput --config configs/throughput.py:tiny     # seconds: tiny CLIP, 8 views
     metatpt-throughput --config configs/throughput.py:scaling  # compile only: memory, B/16 + L/14
+    metatpt-throughput --config configs/throughput.py:baselines  # ZERO, C-TPT, MTA, TDA beside TPT
     metatpt-throughput --config configs/throughput.py --config.compute_dtype=bfloat16  # accelerators
 
 Random weights (costs only). Cells that exceed `memory_limit_gib` (checked on the compiled program
@@ -124,12 +125,27 @@ def _scaling(c):
   c.output_dir = "runs/throughput_scaling"
 
 
-VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling}
+def _baselines(c):
+  """The field's baselines beside TPT and zero-shot (minutes on 2 CPU cores)."""
+  c.num_classes = (10, 200)
+  c.batch_sizes = (1,)
+  c.repeats = 1
+  c.warmup = False
+  c.torch_reference = False
+  c.methods = dict(zero_shot=c.methods.zero_shot, tpt=c.methods.tpt,
+                   **defaults.baselines(zero=dict(n_views=c.n_views),
+                                        mta=dict(n_views=c.n_views)))
+  c.targets = {}
+  c.output_dir = "runs/throughput_baselines"
+
+
+VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling,
+            "baselines": _baselines}
 
 
 def get_config(arg: str = ""):
   if arg not in VARIANTS:
-    raise ValueError(f"Unknown variant {arg!r}; valid: '', 'cpu', 'tiny' or 'scaling'.")
+    raise ValueError(f"Unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}.")
   c = _base()
   VARIANTS[arg](c)
   return c

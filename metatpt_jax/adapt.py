@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from metatpt_jax import registry, views
+from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
 from metatpt_jax.image_ops import check_images
 from metatpt_jax.sharding import DATA_AXIS
@@ -39,10 +40,8 @@ def per_sample_fn(method: str, spec, mspec: ModelSpec):
   return lambda state, image, key, source=None: adapt_one(state, image, key, spec, mspec, source)
 
 
-def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
-                mspec: ModelSpec):
-  """vmap of the per-sample method over batch["image"] [B, S, S, 3] with batch["index"] [B]."""
-  fn = per_sample_fn(method, spec, mspec)
+def _keys_and_sources(batch: dict, key: jax.Array):
+  """Each sample's key (folded from its index) and the views' sources (None: the images)."""
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
   sources = None
   if "canvas" in batch:
@@ -51,17 +50,43 @@ def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, 
       canvas = canvas.astype(batch["image"].dtype) / 255
     sources = views.Source(canvas.astype(batch["image"].dtype),
                            jnp.asarray(batch["extent"], jnp.int32))
+  return keys, sources
+
+
+def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
+                mspec: ModelSpec):
+  """vmap of the per-sample method over batch["image"] [B, S, S, 3] with batch["index"] [B]."""
+  fn = per_sample_fn(method, spec, mspec)
+  keys, sources = _keys_and_sources(batch, key)
   out, metrics = jax.vmap(fn, in_axes=(None, 0, 0, 0))(state, batch["image"], keys, sources)
   return dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
+
+
+def stream_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
+                 mspec: ModelSpec):
+  """An online method over the batch's samples in order: (state with the carried phi, metrics)."""
+  keys, sources = _keys_and_sources(batch, key)
+  phi, out, metrics = registry.get(method).stream(state, batch["image"], keys, spec, mspec,
+                                                  sources)
+  return state._replace(phi=phi), dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
+
+
+def _stream_step(method, spec, mspec, mesh):
+  if mesh is not None and mesh.size > 1:
+    raise UserError(f"{method} carries its state from sample to sample: it runs as one stream "
+                    f"on one device, not split over {mesh.size}; use --config.num_devices=1.")
+  return functools.partial(stream_batch, method=method, spec=spec, mspec=mspec)
 
 
 def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | None = None):
   """A jitted `(state, batch, key) -> (state, metrics)` step.
 
   With `mesh`, the batch axis of every batch entry is split over `DATA_AXIS` (the batch size
-  must be a multiple of the axis size) and the state is replicated.
+  must be a multiple of the axis size) and the state is replicated. Episodic methods return
+  the state unchanged; online ones (`registry.Method.stream`) return it carried past the batch.
   """
-  registry.get(method)  # an unknown method fails here, before tracing
+  if registry.get(method).stream is not None:  # online: the state carries (an unknown fails)
+    return _checked(jax.jit(_stream_step(method, spec, mspec, mesh)), mspec)
   fn = functools.partial(adapt_batch, method=method, spec=spec, mspec=mspec)
   if mesh is not None:
     per_device = fn
@@ -79,9 +104,12 @@ def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | Non
     # Episodic methods leave the state as it was: every sample starts from the same prompt.
     return state, fn(state, batch, key)
 
-  jitted = jax.jit(step)
+  return _checked(jax.jit(step), mspec)
 
-  @functools.wraps(step)
+
+def _checked(jitted, mspec: ModelSpec):
+  """`jitted` behind the host-side image check; `.jitted` is the raw jitted step."""
+  @functools.wraps(jitted)
   def checked_step(state, batch, key):
     # Malformed or NaN/Inf images fail here, on the host, before anything is compiled or run.
     check_images(batch["image"], mspec.arch.vision.image_size, batched=True)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from metatpt_jax import generator as gen
-from metatpt_jax import metatpt, offline_generator, tpt, training_free, views
+from metatpt_jax import metatpt, offline_generator, tda, tpt, training_free, views
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import ModelSpec, class_features, encode_images, logits
 from metatpt_jax.specs import Spec
@@ -28,8 +28,11 @@ class Method:
     the per-sample function (no batch axis; `adapt` vmaps and shards it). `state` is an
     `adapt.AdaptState`: the frozen CLIP, prompt bank and initial context, and `phi`.
   spec_type: the method's `specs.Spec` (None: no hyper-parameters).
-  init_phi(key, spec, arch) -> the per-domain starting parameters kept in `AdaptState.phi`
-    (MetaTPT: the augmentation generator), or None.
+  init_phi(key, spec, arch, num_classes) -> the per-domain starting state kept in
+    `AdaptState.phi` (MetaTPT: the augmentation generator; TDA: its empty caches), or None.
+  stream(state, images [B, S, S, 3], keys [B], spec, mspec, sources | None) -> (phi, logits
+    [B, C], metrics): set for online methods (TDA), whose state carries from sample to sample;
+    they have no per-sample `adapt_one`, and `adapt.make_step` scans the batch in order.
   offline_images(spec, method_config) -> how many unlabeled images of a domain the method reads
     before its test stream (0: none). Recorded in each benchmark cell's setting when > 0.
   prepare(state, spec, mspec, images [T, S, S, 3], sources | None, key) -> state: the per-domain
@@ -39,9 +42,10 @@ class Method:
     for the benchmark's figure, or None when the spec has no learned views to show.
   """
   name: str
-  adapt_one: Callable
+  adapt_one: Callable | None
   spec_type: type[Spec] | None = None
   init_phi: Callable | None = None
+  stream: Callable | None = None
   offline_images: Callable[[Any, Any], int] = lambda spec, method_cfg: 0
   prepare: Callable | None = None
   config_fields: dict = dataclasses.field(default_factory=dict)
@@ -98,7 +102,8 @@ def metatpt_one_sample(state, image, key, spec, mspec, source=None):
   return out, metrics
 
 
-def _init_generator(key, spec, arch):
+def _init_generator(key, spec, arch, num_classes):
+  del num_classes
   return gen.init_generator(key, spec.generator, arch.embed_dim)
 
 
@@ -137,3 +142,17 @@ def mta_one_sample(state, image, key, spec, mspec, source=None):
 
 
 register(Method("mta", mta_one_sample, spec_type=training_free.MTASpec))
+
+
+def tda_stream(state, images, keys, spec, mspec, sources=None):
+  cache, final, clip_logits = tda.tda_stream(state.phi, state.frozen, images, keys, spec, mspec,
+                                             sources)
+  return cache, final, dict(zero_shot_logits=clip_logits)
+
+
+def _init_tda(key, spec, arch, num_classes):
+  del key
+  return tda.init_cache(num_classes, arch.embed_dim, spec)
+
+
+register(Method("tda", None, spec_type=tda.TDASpec, init_phi=_init_tda, stream=tda_stream))

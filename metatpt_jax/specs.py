@@ -52,3 +52,17 @@ class Spec:
   def fields_dict(self) -> dict[str, Any]:
     """Field name -> value (shallow: nested specs stay objects)."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewsSpec(Spec):
+  """TPT's views: `n_views` (view 0 is the image), how they are made, and the fraction of the
+  most confident kept. Methods built on those views derive their spec from this one."""
+  n_views: int = 64
+  selection_ratio: float = 0.1
+  view_kind: Literal["random_crop", "augmix"] = "random_crop"  # a key of tpt.VIEW_MAKERS
+  crop_scale: tuple = (0.08, 1.0)
+
+  @property
+  def num_keep(self) -> int:
+    return int(self.n_views * self.selection_ratio)

@@ -24,20 +24,13 @@ import jax.numpy as jnp
 from metatpt_jax import losses, tpt, views
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
-from metatpt_jax.specs import Spec
+from metatpt_jax.specs import Spec, ViewsSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroSpec(Spec):
+class ZeroSpec(ViewsSpec):
   """ZERO's defaults (the authors' code): 64 views, 30 % kept."""
-  n_views: int = 64
   selection_ratio: float = 0.3
-  view_kind: Literal["random_crop", "augmix"] = "random_crop"
-  crop_scale: tuple = (0.08, 1.0)
-
-  @property
-  def num_keep(self) -> int:
-    return int(self.n_views * self.selection_ratio)
 
   def check(self) -> None:
     if self.num_keep < 1:

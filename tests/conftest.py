@@ -6,7 +6,17 @@ saved once per session, the real-size ones only when a test asks for them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
+import tempfile
+
+# One XLA compilation cache for the whole test run, shared by the xdist workers and the
+# command-line subprocesses the tests start (they inherit the environment): the same tiny
+# programs are compiled by many tests and runs. Set before anything imports JAX; a fresh
+# directory per run, so nothing carries over between runs. An explicit setting wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"metatpt_xla_cache_{os.getppid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import numpy as np
 import pytest

@@ -3,8 +3,7 @@
 Methods that differ only in numbers (learning rates, step counts, view counts) run the same
 code, so each config method is reduced to its code path (`_code_path`: the kind, every
 variant field, chunked or not, and the generator's switches) and each distinct path is run
-once, shrunk to a tiny size (always two outer steps, so the first step and the scan over later
-steps both run), through `adapt.make_step` and the method's per-domain
+once, shrunk to a tiny size (one step: multi-step tuning runs in the variant and parity tests), through `adapt.make_step` and the method's per-domain
 `prepare` where it has one. A new Literal field of a spec that `CODE_FIELDS` does not list
 fails a test, so a new variant cannot slip by untested.
 """
@@ -30,7 +29,7 @@ def _config_methods():
   configs.update({f"bench_small:{v}": config_module("bench_small").get_config(v)
                   for v in ("", "demo")})
   configs.update({f"bench_tiny:{v}": config_module("bench_tiny").get_config(v)
-                  for v in ("", "quick", "tpt")})
+                  for v in ("", "quick", "tpt", "tda")})
   configs["sweep_small"] = config_module("sweep_small").get_config()
   paper = config_module("paper")
   configs.update({f"paper:{name}": paper.get_config(f"{name},all")
@@ -38,7 +37,7 @@ def _config_methods():
   configs["bench_small_v2:test_baselines"] = config_module("bench_small_v2").get_config(
       "test_baselines")
   configs.update({f"throughput:{v}": config_module("throughput").get_config(v)
-                  for v in ("", "cpu", "tiny", "scaling")})
+                  for v in ("", "cpu", "tiny", "scaling", "baselines")})
   return [(cname, mname, mcfg) for cname, cfg in configs.items()
           for mname, mcfg in cfg["methods"].items()]
 
@@ -46,12 +45,16 @@ def _config_methods():
 # Spec fields that choose code (every Literal field must be here) and derived switches.
 CODE_FIELDS = {
     "tpt": ("view_kind",), "ctpt": ("view_kind",), "zero": ("view_kind",), "mta": ("view_kind",),
+    "tda": ("view_kind",),
     "metatpt": ("augment", "schedule", "order", "selection", "inner_step", "aux_loss",
                 "recompute_kept"),
 }
 SWITCHES = {
     "tpt": lambda s: (), "ctpt": lambda s: (), "zero": lambda s: (), "mta": lambda s: (),
-    "metatpt": lambda s: (s.view_chunk > 0, s.generator.factor_shift, s.generator.use_feature),
+    "tda": lambda s: (s.n_views > 1,),
+    # view_chunk splits only the inner step's gradient: the learned views' dual loop.
+    "metatpt": lambda s: (s.view_chunk > 0 and s.augment == "learned" and s.schedule == "dual_loop",
+                          s.generator.factor_shift, s.generator.use_feature),
 }
 
 
@@ -64,16 +67,17 @@ def _code_path(kind, spec) -> tuple:
 
 
 def _tiny(kind, spec):
-  """The same code path at the test size: 8 views, 2 kept, and always 2 steps (the first step
-  and the scan over later ones both run, whatever the config's step count)."""
+  """The same code path at the test size: 8 views, 2 kept, one step (the scan over later steps
+  runs in tests/test_metatpt_variants.py and tests/test_tpt_parity_torch.py)."""
   if spec is None:
     return spec
-  small = dict(n_views=8, selection_ratio=0.25, steps=2)
+  small = dict(n_views=8 if spec.n_views > 1 else 1, selection_ratio=0.25, steps=1)
   if kind != "metatpt":
     return spec.replace(**{k: v for k, v in small.items() if k in spec.field_names()})
   del small["steps"]
-  return spec.replace(outer_steps=2, inner_steps=min(spec.inner_steps, 1),
-                      view_chunk=3 if spec.view_chunk else 0,
+  chunked = spec.view_chunk and spec.augment == "learned" and spec.schedule == "dual_loop"
+  return spec.replace(outer_steps=1, inner_steps=min(spec.inner_steps, 1),
+                      view_chunk=3 if chunked else 0,
                       generator=spec.generator._replace(hidden=8), **small)
 
 
@@ -108,7 +112,7 @@ def test_every_config_method_runs(path):
   method = registry.get(kind)
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
   phi = None if method.init_phi is None else method.init_phi(jax.random.key(1), spec,
-                                                             h.TEST_ARCH)
+                                                             h.TEST_ARCH, len(h.CLASS_NAMES))
   state = adapt.AdaptState(frozen, phi)
   images = h.random_images(0, 1)
   if path[-1]:  # a per-domain setup on unlabeled images first (MetaTPT's offline generator)

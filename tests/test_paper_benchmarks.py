@@ -82,7 +82,7 @@ def test_paper_config_has_tpt_defaults():
   assert c.model.checkpoint == "openai/clip-vit-base-patch16" and c.batch_size == 1
   tpt = c.methods.tpt
   assert (tpt.n_views, tpt.selection_ratio, tpt.steps, tpt.lr) == (64, 0.1, 1, 5e-3)
-  assert tpt.view_kind == "augmix" and len(c.methods) == 10
+  assert tpt.view_kind == "augmix" and len(c.methods) == 11
   assert _paper_config("imagenet_r,tpt").methods.tpt.view_kind == "random_crop"
   with pytest.raises(ValueError, match="Datasets: imagenet, imagenet_a"):
     _paper_config("imagenet_q,tpt")

@@ -53,10 +53,10 @@ def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
 
 
 def baselines(**overrides_by_kind) -> ml_collections.ConfigDict:
-  """The field's test-time baselines at their authors' defaults: ZERO, C-TPT and MTA."""
+  """The field's test-time baselines at their authors' defaults: ZERO, C-TPT, MTA and TDA."""
   return ml_collections.ConfigDict({
       kind: method_config(kind, **overrides_by_kind.get(kind, {}))
-      for kind in ("zero", "ctpt", "mta")})
+      for kind in ("zero", "ctpt", "mta", "tda")})
 
 
 def base_config() -> ml_collections.ConfigDict:

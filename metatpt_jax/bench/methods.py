@@ -50,5 +50,5 @@ def build_state(params, arch, class_names, prompt_cfg, kind, spec, seed) -> adap
                              key=jax.random.key(seed))
   init_phi = registry.get(kind).init_phi
   phi = None if init_phi is None else init_phi(
-      jax.random.fold_in(jax.random.key(seed), 1), spec, arch)
+      jax.random.fold_in(jax.random.key(seed), 1), spec, arch, len(class_names))
   return adapt.AdaptState(FrozenCLIP(params, bank, ctx), phi)

@@ -108,6 +108,8 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   """Everything that decides the results of one cell (hashed into its fingerprint)."""
   method = dict(kind=kind, spec=fp_lib.result_fields(spec))
+  if registry.get(kind).stream is not None:  # online: each process is one stream of its slice
+    method["streams"] = jax.process_count()
   offline = registry.get(kind).offline_images(spec, cfg.methods[name])
   if offline:  # unlabeled images of the domain read before the stream (MetaTPT offline)
     method["offline_images"] = int(offline)
@@ -157,19 +159,79 @@ def _note_other_settings(job: Job, store, settings: Settings) -> None:
                 job.seed, count, changed)
 
 
-def run_job(job: Job, step, state, store, batch_size, progress, mesh) -> None:
-  """Adapts this process's not-yet-recorded samples of the job's cell and appends the records."""
+class StreamCheckpoints:
+  """An online method's carried state (`AdaptState.phi`) after each batch of a cell, saved
+  before that batch's records are appended, so a killed run resumes from the state after
+  exactly the samples it has records for (the last two are kept)."""
+
+  def __init__(self, directory: str, job: Job):
+    self.directory = os.path.join(directory, "streams")
+    self.prefix = f"{job.fingerprint}_p{jax.process_index()}_"
+
+  def _path(self, seen: int) -> str:
+    return os.path.join(self.directory, f"{self.prefix}{seen}.npz")
+
+  def _saved(self) -> list:
+    """Sample counts of this cell's saved states, ascending."""
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    counts = [name[len(self.prefix):-len(".npz")] for name in names
+              if name.startswith(self.prefix) and name.endswith(".npz")]
+    return sorted(int(c) for c in counts if c.isdigit())
+
+  def save(self, phi, seen: int) -> None:
+    os.makedirs(self.directory, exist_ok=True)
+    tmp = self._path(seen) + ".tmp.npz"
+    np.savez(tmp, *[np.asarray(x) for x in jax.tree.leaves(phi)])
+    os.replace(tmp, self._path(seen))
+    for old in self._saved()[:-2]:  # keep the last two: this batch's and the one before
+      os.remove(self._path(old))
+
+  def load(self, phi, seen: int):
+    """The state after the first `seen` samples (`phi` itself when seen is 0)."""
+    if seen == 0:
+      return phi
+    if not os.path.exists(self._path(seen)):
+      raise UserError(f"{seen} records of this online cell exist but not the state after them "
+                      f"({self._path(seen)}); delete the cell's records to stream it afresh.")
+    with np.load(self._path(seen)) as saved:
+      leaves = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return jax.tree.unflatten(jax.tree.structure(phi), leaves)
+
+
+def _batches(todo, batch_size, online: bool):
+  """Index batches: padded to one shape for episodic methods; the real samples only for an
+  online method (a padded sample would enter its state)."""
+  if not online:
+    yield from padded_batches(todo, batch_size)
+    return
+  for start in range(0, len(todo), batch_size):
+    yield todo[start:start + batch_size], todo[start:start + batch_size]
+
+
+def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=False,
+            directory="") -> None:
+  """Adapts this process's not-yet-recorded samples of the job's cell and appends the records.
+
+  An online method streams them in index order from the state saved after its recorded ones."""
   n = len(job.domain.labels)
   mine = np.arange(n)[sharding.process_slice(n)]
   done = store.done(job.fingerprint, job.method, job.domain.name, job.seed)
   todo = np.array([i for i in mine if i not in done], dtype=np.int64)
   progress.update(len(mine) - len(todo))
+  if online:
+    if list(todo) != list(mine[len(mine) - len(todo):]):
+      raise UserError(f"The records of online cell {job.method} on {job.domain.name} are not a "
+                      "prefix of its stream; delete them to stream it afresh.")
+    checkpoints = StreamCheckpoints(directory, job)
+    state = state._replace(phi=checkpoints.load(state.phi, len(mine) - len(todo)))
   key = methods_lib.domain_key(job.seed, job.domain.name)
   data_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
-  for real, padded in padded_batches(todo, batch_size):
+  for real, padded in _batches(todo, batch_size, online):
     batch = dict(domains_lib.batch_inputs(job.domain, padded), index=padded.astype(np.int32))
     batch = jax.device_put(batch, data_sharding)
-    _, metrics = step(state, batch, key)
+    state, metrics = step(state, batch, key)
+    if online:
+      checkpoints.save(state.phi, int(np.searchsorted(mine, real[-1])) + 1)
     logits = np.asarray(metrics["logits"])[:len(real)]  # padding is never recorded
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     recs = []
@@ -249,7 +311,7 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
           state = prepare_state(state, job, kind, spec, mspec, store, cfg.methods[name])
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
           run_job(job, steps[name], sharding.replicate(mesh, state), store, per_step, progress,
-                  mesh)
+                  mesh, online=registry.get(kind).stream is not None, directory=cfg.output_dir)
   return fingerprints, list(dict.fromkeys(domain_names))
 
 

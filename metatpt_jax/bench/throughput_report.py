@@ -44,7 +44,7 @@ def targets(out: dict, cfg) -> list:
   for c in cfg.num_classes:
     tpt_row, torch_row = _best(rows, "tpt", c), next(
         (r for r in out["torch"] if r["num_classes"] == c), None)
-    goal = _at(t.tpt_vs_torch, c)
+    goal = _at(t.get("tpt_vs_torch"), c)
     if goal and tpt_row and torch_row and "skipped" in torch_row:
       add(f"JAX TPT >= {goal:g}x the PyTorch loop's samples/s", c, float("nan"), None,
           f"PyTorch loop not run: {torch_row['skipped']}")
@@ -53,26 +53,27 @@ def targets(out: dict, cfg) -> list:
       add(f"JAX TPT >= {goal:g}x the PyTorch loop's samples/s", c, ratio, ratio >= goal,
           f"batch {tpt_row['batch']}: {tpt_row['samples_per_s']:.4f} vs "
           f"{torch_row['samples_per_s']:.4f} samples/s")
-    for name, table in ((tpt_name, t.tpt_memory_gib), (meta_name, t.meta_memory_gib)):
+    for name, table in ((tpt_name, t.get("tpt_memory_gib")),
+                        (meta_name, t.get("meta_memory_gib"))):
       goal, row = _at(table, c), _compiled(rows, name, c)
       if goal and row:
         add(f"{name} compiled memory <= {goal:g} GiB", c, _gib(row), _gib(row) <= goal,
             "batch 1" + (f" ({row['skipped']})" if "skipped" in row else ""))
     pair_tpt, meta = _best(rows, tpt_name, c), _best(rows, meta_name, c)
-    goal = _at(t.meta_vs_tpt, c)
+    goal = _at(t.get("meta_vs_tpt"), c)
     if goal and pair_tpt and meta:
       ratio = meta["s_per_sample"] / pair_tpt["s_per_sample"]
       flops = meta["flops_per_sample"] / pair_tpt["flops_per_sample"]
       add(f"MetaTPT 2nd order <= {goal:g}x JAX TPT's time per sample", c, ratio, ratio <= goal,
           f"{meta_name} {meta['s_per_sample']:.2f} s vs {tpt_name} "
           f"{pair_tpt['s_per_sample']:.2f} s; FLOPs per sample {flops:.2f}x")
-    goal = _at(t.meta_ceiling, c)
+    goal = _at(t.get("meta_ceiling"), c)
     if goal and meta:
       frac = meta["flops_per_s"] / ceiling
       add(f"MetaTPT step >= {100 * goal:g}% of the large-matmul FLOP/s", c, frac, frac >= goal,
           f"{meta_name}: {meta['flops_per_s'] / 1e9:.1f} of {ceiling / 1e9:.1f} GFLOP/s")
   for r in out["compile_only"]:
-    goal = _at(t.compile_only_memory_gib, r["arch"])
+    goal = _at(t.get("compile_only_memory_gib"), r["arch"])
     if goal and r["method"] == meta_name and (r["compute_dtype"], r["remat"]) == ("float32", False):
       add(f"{r['arch']} {meta_name} compiled memory <= {goal:g} GiB", r["num_classes"],
           _gib(r), _gib(r) <= goal, "fp32, no remat, compile only")

@@ -1,0 +1,113 @@
+"""TDA against a NumPy transcription of the authors' caches (kdiAAA/TDA `tda_runner.py`), its
+order semantics, and a stream cut in two (cache saved and loaded) giving the uninterrupted
+stream's numbers."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metatpt_jax import tda
+from tests import method_helpers as h
+
+SPEC = tda.TDASpec()
+
+
+def _np_tda(features, clip_logits, spec=SPEC):
+  """The authors' loop: per-class lists sorted by entropy, capped at the shot capacity."""
+  pos, neg, out = {}, {}, []
+
+  def update(cache, pred, item, shots):
+    items = cache.setdefault(pred, [])
+    if len(items) < shots:
+      items.append(item)
+    elif item[1] < items[-1][1]:
+      items[-1] = item
+    items.sort(key=lambda it: it[1])
+
+  num_classes = clip_logits.shape[1]
+  for f, lg in zip(features.astype(np.float64), clip_logits.astype(np.float64)):
+    p = np.exp(lg - lg.max())
+    p /= p.sum()
+    h_ = -(p * np.log(p + 1e-12)).sum()
+    pred = int(lg.argmax())
+    update(pos, pred, (f, h_, None), spec.pos_shot)
+    if spec.neg_entropy_band[0] < h_ / math.log2(num_classes) < spec.neg_entropy_band[1]:
+      mask = ((p > spec.neg_mask_band[0]) & (p < spec.neg_mask_band[1])).astype(float)
+      update(neg, pred, (f, h_, mask), spec.neg_shot)
+    final = lg.copy()
+    for c, items in pos.items():
+      for k, _, _ in items:
+        final[c] += spec.pos_alpha * np.exp(-spec.pos_beta * (1 - f @ k))
+    for items in neg.values():
+      for k, _, mask in items:
+        final -= spec.neg_alpha * np.exp(-spec.neg_beta * (1 - f @ k)) * mask
+    out.append(final)
+  return np.array(out)
+
+
+def _stream(n=60, num_classes=4, dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(num_classes, dim))
+  labels = rng.integers(0, num_classes, n)
+  feats = centres[labels] + 0.8 * rng.normal(size=(n, dim))
+  feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+  # Class text features off their image clusters: CLIP errs, and the caches have work to do.
+  text = centres + 0.8 * rng.normal(size=centres.shape)
+  text /= np.linalg.norm(text, axis=1, keepdims=True)
+  return feats.astype(np.float32), (3.0 * feats @ text.T).astype(np.float32)
+
+
+def _ours(feats, clip_logits, cache=None):
+  if cache is None:
+    cache = tda.init_cache(clip_logits.shape[1], feats.shape[1], SPEC)
+  step = lambda c, x: tda.tda_update_and_predict(c, x[0], x[1], SPEC)
+  return jax.lax.scan(step, cache, (jnp.asarray(feats), jnp.asarray(clip_logits)))
+
+
+def test_tda_matches_the_transcription():
+  feats, clip_logits = _stream()
+  want = _np_tda(feats, clip_logits)
+  cache, got = jax.jit(_ours)(feats, clip_logits)
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+  assert (np.asarray(got).argmax(1) == want.argmax(1)).all()
+  # Both caches were used: full positive slots, some negative entries, and changed predictions.
+  assert np.isfinite(np.asarray(cache.pos_entropy)).all()
+  assert np.isfinite(np.asarray(cache.neg_entropy)).any()
+  assert (want.argmax(1) != clip_logits.argmax(1)).any()
+  assert int(cache.seen) == len(feats)
+
+
+def test_tda_depends_on_the_stream_order_and_only_on_it():
+  feats, clip_logits = _stream(seed=1)
+  _, a = _ours(feats, clip_logits)
+  _, b = _ours(feats, clip_logits)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # deterministic
+  perm = np.random.default_rng(2).permutation(len(feats))
+  _, c = _ours(feats[perm], clip_logits[perm])
+  assert not np.allclose(np.asarray(c), np.asarray(a)[perm], atol=1e-6)  # the order matters
+
+
+def test_a_stream_cut_and_resumed_from_its_saved_cache_gives_the_same_numbers(tmp_path):
+  feats, clip_logits = _stream(seed=3)
+  _, whole = _ours(feats, clip_logits)
+  cache, first = _ours(feats[:25], clip_logits[:25])
+  path = tmp_path / "cache.npz"
+  np.savez(path, **cache._asdict())
+  with np.load(path) as saved:
+    restored = tda.Cache(**{k: jnp.asarray(saved[k]) for k in tda.Cache._fields})
+  _, second = _ours(feats[25:], clip_logits[25:], restored)
+  np.testing.assert_array_equal(np.concatenate([first, second]), np.asarray(whole))
+
+
+def test_tda_stream_on_a_tiny_clip_uses_the_images_and_views():
+  frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
+  images = h.random_images(0, 6)
+  keys = jax.random.split(jax.random.key(0), 6)
+  for spec in (SPEC, SPEC.replace(n_views=8, selection_ratio=0.25, view_kind="random_crop")):
+    cache = tda.init_cache(len(h.CLASS_NAMES), mspec.arch.embed_dim, spec)
+    cache, final, clip_logits = jax.jit(tda.tda_stream, static_argnums=(4, 5))(
+        cache, frozen, images, keys, spec, mspec)
+    assert final.shape == (6, len(h.CLASS_NAMES)) and int(cache.seen) == 6
+    assert np.isfinite(np.asarray(final)).all()
+    assert np.abs(np.asarray(final) - np.asarray(clip_logits)).max() > 1e-3

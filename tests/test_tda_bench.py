@@ -1,0 +1,80 @@
+"""TDA through the benchmark runner: one stream, its state saved after every batch, and a run
+killed mid-stream that resumes to the uninterrupted run's records."""
+import json
+import types
+
+import pytest
+
+from metatpt_jax import adapt
+from metatpt_jax.bench import records, runner
+from metatpt_jax.errors import UserError
+from tests import test_bench
+from tests.config_files import config_module
+
+NUM_IMAGES = test_bench.NUM_IMAGES
+
+
+# The tiny checkpoint and 12-image folder domain of the benchmark's end-to-end tests.
+setup = test_bench.setup
+
+
+def _cfg(setup, out):
+  cfg = config_module("bench_tiny").get_config("tda")
+  cfg.model.checkpoint = str(setup / "ckpt")
+  cfg.data.domains = (f"folder:{setup / 'images'}:clean",)
+  cfg.data.num_images = NUM_IMAGES
+  cfg.plot_views = False
+  cfg.output_dir = str(out)
+  return cfg
+
+
+def _tda_records(out):
+  recs = records.RecordStore(str(out)).records.values()
+  return sorted((r["index"], r["prediction"], round(r["confidence"], 6)) for r in recs
+                if r["method"] == "tda")
+
+
+def test_a_killed_stream_resumes_to_the_uninterrupted_records(setup, tmp_path, monkeypatch):
+  runner.run(_cfg(setup, tmp_path / "whole"))
+  whole = _tda_records(tmp_path / "whole")
+  assert len(whole) == NUM_IMAGES
+
+  # Killed after TDA's second batch's state was saved but before its records were written.
+  appends = {"tda": 0}
+  real_append = records.RecordStore.append
+
+  def append_then_die(self, recs):
+    if recs and recs[0]["method"] == "tda":
+      appends["tda"] += 1
+      if appends["tda"] == 2:
+        raise KeyboardInterrupt("killed")
+    return real_append(self, recs)
+
+  monkeypatch.setattr(records.RecordStore, "append", append_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    runner.run(_cfg(setup, tmp_path / "cut"))
+  monkeypatch.setattr(records.RecordStore, "append", real_append)
+  assert len(_tda_records(tmp_path / "cut")) == 4
+  saved = sorted(p.name for p in (tmp_path / "cut" / "streams").iterdir())
+  assert [name.rsplit("_", 1)[1] for name in saved] == ["4.npz", "8.npz"], saved
+  runner.run(_cfg(setup, tmp_path / "cut"))  # resumes from the state after its 4 records
+  assert _tda_records(tmp_path / "cut") == whole
+
+
+def test_a_stream_without_its_saved_state_says_how_to_recover(setup, tmp_path):
+  runner.run(_cfg(setup, tmp_path))
+  for path in (tmp_path / "streams").iterdir():
+    path.unlink()
+  lines = (tmp_path / records.file_name()).read_text().splitlines()
+  tda_lines = [line for line in lines if json.loads(line)["method"] == "tda"]
+  keep = [line for line in lines if line not in tda_lines[4:]]
+  (tmp_path / records.file_name()).write_text("\n".join(keep) + "\n")
+  with pytest.raises(UserError, match="delete the cell's records"):
+    runner.run(_cfg(setup, tmp_path))
+
+
+def test_tda_refuses_to_split_one_stream_over_devices(setup, tmp_path):
+  _, spec = runner.methods_lib.method_spec(_cfg(setup, tmp_path).methods.tda)
+  assert adapt._stream_step("tda", spec, None, types.SimpleNamespace(size=1))
+  with pytest.raises(UserError, match="num_devices=1"):
+    adapt._stream_step("tda", spec, None, types.SimpleNamespace(size=8))
