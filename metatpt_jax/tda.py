@@ -95,10 +95,10 @@ def _cache_logits(feature, features, entropy, values, beta):
   return jnp.einsum("cs,csv->v", affinity, values)
 
 
-def sample_features(frozen: FrozenCLIP, image, key, spec: TDASpec, mspec: ModelSpec,
+def sample_features(frozen: FrozenCLIP, text, image, key, spec: TDASpec, mspec: ModelSpec,
                     source: views.Source | None = None):
-  """(feature [E], CLIP logits [C]) of one sample: the image, or its confident views' means."""
-  text = class_features(frozen, frozen.ctx_init, mspec)
+  """(feature [E], CLIP logits [C]) of one sample against the class text features [C, E]: the
+  image, or its confident views' means."""
   if spec.n_views == 1:
     feats = encode_images(frozen, image[None], mspec)
     return feats[0], logits(frozen, feats, text)[0]
@@ -137,10 +137,11 @@ def tda_stream(cache: Cache, frozen: FrozenCLIP, images, keys, spec: TDASpec, ms
   """Streams images [B, S, S, 3] in order through TDA: (cache, final logits [B, C], CLIP
   logits [B, C]). Deterministic for a given order; `lax.scan` keeps one sample in flight."""
   chex.assert_rank(images, 4)
+  text = class_features(frozen, frozen.ctx_init, mspec)  # the same for the whole stream
 
   def step(cache, xs):
     image, key, source = xs
-    feature, clip_logits = sample_features(frozen, image, key, spec, mspec, source)
+    feature, clip_logits = sample_features(frozen, text, image, key, spec, mspec, source)
     cache, final = tda_update_and_predict(cache, feature, clip_logits, spec)
     return cache, (final, clip_logits)
 

@@ -39,11 +39,13 @@ class ZeroSpec(ViewsSpec):
 
 
 def _view_logits(frozen, image, key, spec, mspec, source):
-  """Logits [V, C] of the initial prompt on TPT's views (features without gradient)."""
+  """(view features [V, E] without gradient, class text features [C, E] of the initial prompt,
+  logits [V, C]) on TPT's views."""
   all_views = tpt.VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source,
                                               scale=spec.crop_scale)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
-  return feats, logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))
+  text = class_features(frozen, frozen.ctx_init, mspec)
+  return feats, text, logits(frozen, feats, text)
 
 
 def zero_votes(view_logits: jax.Array, num_keep: int) -> jax.Array:
@@ -66,7 +68,7 @@ def zero_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: 
                     mspec: ModelSpec, source: views.Source | None = None):
   """ZERO on one image: (log vote shares [C], metrics)."""
   chex.assert_rank(image, 3)
-  _, view_logits = _view_logits(frozen, image, key, spec, mspec, source)
+  _, _, view_logits = _view_logits(frozen, image, key, spec, mspec, source)
   votes = zero_votes(view_logits, spec.num_keep)
   shares = votes / jnp.sum(votes)
   return jnp.log(jnp.maximum(shares, 1e-12)), dict(zero_shot_logits=view_logits[0])
@@ -136,8 +138,7 @@ def mta_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: M
                    mspec: ModelSpec, source: views.Source | None = None):
   """MTA on one image: (logits [C] of the mode, metrics with the inlierness scores)."""
   chex.assert_rank(image, 3)
-  feats, view_logits = _view_logits(frozen, image, key, spec, mspec, source)
+  feats, text, view_logits = _view_logits(frozen, image, key, spec, mspec, source)
   mode, scores = mta_mode(feats, jax.nn.softmax(view_logits, axis=-1), spec)
-  text = class_features(frozen, frozen.ctx_init, mspec)
   return logits(frozen, mode[None], text)[0], dict(zero_shot_logits=view_logits[0],
                                                    view0_score=scores[0])

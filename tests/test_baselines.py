@@ -57,14 +57,20 @@ def test_zero_votes_match_the_transcription_with_and_without_ties():
   assert ties > 20, ties  # the tie-break path was exercised
 
 
-def test_zero_one_sample_predicts_the_vote():
+def _ours_and_inputs(fn, spec, seed):
+  """fn's output on a tiny CLIP, and the same 16 views' features, text features and logits."""
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
-  spec = training_free.ZeroSpec(n_views=16)
-  image, key = h.random_images(2, 1)[0], jax.random.key(3)
-  out, _ = jax.jit(training_free.zero_one_sample, static_argnums=(3, 4))(
-      frozen, image, key, spec, mspec)
+  image, key = h.random_images(seed, 1)[0], jax.random.key(seed + 1)
+  out, _ = jax.jit(fn, static_argnums=(3, 4))(frozen, image, key, spec, mspec)
   feats = encode_images(frozen, views.tpt_views(image, key, 16), mspec)
-  view_logits = np.asarray(logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec)))
+  text = class_features(frozen, frozen.ctx_init, mspec)
+  return out, (frozen, feats, text, logits(frozen, feats, text))
+
+
+def test_zero_one_sample_predicts_the_vote():
+  spec = training_free.ZeroSpec(n_views=16)
+  out, (_, _, _, view_logits) = _ours_and_inputs(training_free.zero_one_sample, spec, 2)
+  view_logits = np.asarray(view_logits)
   votes = _np_zero(view_logits, spec.num_keep)
   assert int(np.argmax(out)) == int(np.argmax(votes))
   np.testing.assert_allclose(np.exp(np.asarray(out)), votes / votes.sum(), atol=1e-6)
@@ -117,14 +123,10 @@ def test_mta_mode_matches_the_transcription():
 
 
 def test_mta_one_sample_predicts_from_the_mode():
-  frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
   spec = training_free.MTASpec(n_views=16)
-  image, key = h.random_images(4, 1)[0], jax.random.key(5)
-  out, _ = jax.jit(training_free.mta_one_sample, static_argnums=(3, 4))(
-      frozen, image, key, spec, mspec)
-  feats = encode_images(frozen, views.tpt_views(image, key, 16), mspec)
-  text = class_features(frozen, frozen.ctx_init, mspec)
-  probs = np.asarray(jax.nn.softmax(logits(frozen, feats, text), axis=-1))
+  out, (frozen, feats, text, view_logits) = _ours_and_inputs(training_free.mta_one_sample, spec,
+                                                             4)
+  probs = np.asarray(jax.nn.softmax(view_logits, axis=-1))
   mode, _ = _np_mta(np.asarray(feats), probs)
   want = np.asarray(logits(frozen, jnp.asarray(mode[None], jnp.float32), text))[0]
   np.testing.assert_allclose(np.asarray(out), want, atol=1e-4)
