@@ -101,7 +101,10 @@ def _fixed_point(update, x, iterations: int, tolerance: float):
     new = update(x)
     moved = jnp.linalg.norm(new - x)
     return (jnp.where(done, x, new), done | (moved < tolerance)), None
-  (x, _), _ = jax.lax.scan(step, (x, jnp.zeros((), bool)), None, length=iterations)
+  # `zeros_like`/`full_like` keep x's device variance, so the carry's type is stable under
+  # shard_map (a fresh constant would be device-invariant and the body's output varying).
+  (x, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x[0], dtype=bool)), None,
+                           length=iterations)
   return x
 
 
@@ -129,7 +132,7 @@ def mta_mode(feats: jax.Array, probs: jax.Array, spec: MTASpec):
       return m / jnp.linalg.norm(m)
     return (_fixed_point(shift, mode, spec.inner_iterations, spec.tolerance), y), None
 
-  (mode, y), _ = jax.lax.scan(outer, (feats[0], jnp.full((n,), 1.0 / n, feats.dtype)), None,
+  (mode, y), _ = jax.lax.scan(outer, (feats[0], jnp.full_like(probs[:, 0], 1.0 / n)), None,
                               length=spec.outer_iterations)
   return mode, y
 
