@@ -49,7 +49,9 @@ def _cmd(setup, out, variant=":quick", extra=(), images="images"):
 
 
 def _env(devices=1, **extra):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env = dict(os.environ, XLA_FLAGS=" ".join(
+      flags + [f"--xla_force_host_platform_device_count={devices}"]))
   env.update(extra)
   return env
 
