@@ -17,9 +17,11 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT_MODULE = "tests.scripts.sharded_step"
-METHODS = ("zero_shot", "tpt", "metatpt")
+METHODS = ("zero_shot", "tpt", "metatpt", "zero", "mta")
 # zero_shot has no gradients, so it checks the data plumbing alone; TPT is the adapting method
 # that also runs across processes (MetaTPT's sharding differs from TPT's in nothing but cost).
+# ZERO and MTA: the training-free baselines, whose loops (MTA's fixed points under lax.scan)
+# must type-check under shard_map's device-variance rules.
 DISTRIBUTED_METHODS = ("zero_shot", "tpt")
 # Each device runs the per-sample function on its own rows: batched matmuls over 1 row instead
 # of 8 may sum in another order, so fp32 rounding differs (measured <= 1e-6 relative with the

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-METHODS = ("zero_shot", "tpt", "metatpt")
+METHODS = ("zero_shot", "tpt", "metatpt", "zero", "mta")
 BATCH = 8
 KEY_SEED = 3
 
@@ -54,7 +54,7 @@ def _frozen():
 
 def _problem(method):
   """(state, spec, mspec, images [BATCH, S, S, 3] NumPy, indices [BATCH]) -- deterministic."""
-  from metatpt_jax import adapt, metatpt, tpt
+  from metatpt_jax import adapt, metatpt, tpt, training_free
   from metatpt_jax import generator as gen
   from tests import method_helpers as h
   frozen, mspec = _frozen()
@@ -62,6 +62,10 @@ def _problem(method):
     spec, phi = None, None
   elif method == "tpt":
     spec, phi = tpt.TPTSpec(n_views=8, selection_ratio=0.25), None
+  elif method == "zero":
+    spec, phi = training_free.ZeroSpec(n_views=8, selection_ratio=0.25), None
+  elif method == "mta":
+    spec, phi = training_free.MTASpec(n_views=8), None
   else:
     spec = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.25,
                                generator=gen.GeneratorSpec(hidden=8))
