@@ -102,8 +102,7 @@ def sample_features(frozen: FrozenCLIP, text, image, key, spec: TDASpec, mspec: 
   if spec.n_views == 1:
     feats = encode_images(frozen, image[None], mspec)
     return feats[0], logits(frozen, feats, text)[0]
-  all_views = tpt.VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source,
-                                              scale=spec.crop_scale)
+  all_views = tpt.make_views(image, key, spec, source)
   feats = encode_images(frozen, all_views, mspec)
   view_logits = logits(frozen, feats, text)
   keep = losses.select_confident(view_logits, spec.num_keep)

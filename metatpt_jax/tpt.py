@@ -59,8 +59,9 @@ def make_optimizer(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01):
   return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-def make_views(image, key, spec: TPTSpec, source: views.Source | None = None):
-  """View 0 = `image`; views 1.. cut from `source` (default: the image itself)."""
+def make_views(image, key, spec, source: views.Source | None = None):
+  """View 0 = `image`; views 1.. cut from `source` (default: the image itself). `spec`: any
+  spec with `n_views`, `view_kind` and `crop_scale` (TPTSpec, specs.ViewsSpec and its kin)."""
   return VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source, scale=spec.crop_scale)
 
 

@@ -41,8 +41,7 @@ class ZeroSpec(ViewsSpec):
 def _view_logits(frozen, image, key, spec, mspec, source):
   """(view features [V, E] without gradient, class text features [C, E] of the initial prompt,
   logits [V, C]) on TPT's views."""
-  all_views = tpt.VIEW_MAKERS[spec.view_kind](image, key, spec.n_views, source,
-                                              scale=spec.crop_scale)
+  all_views = tpt.make_views(image, key, spec, source)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
   text = class_features(frozen, frozen.ctx_init, mspec)
   return feats, text, logits(frozen, feats, text)

@@ -119,12 +119,9 @@ def test_every_config_method_runs(path):
     state = method.prepare(state, spec, mspec, images, None, jax.random.key(2))
   batch = {"image": images, "index": jnp.arange(1)}
   key = jax.random.key(0)
-  # The step as the benchmark makes it (on a one-device data mesh: shard_map's type rules
-  # apply), compiled with XLA's backend optimisations off: the same program in about half the
-  # compile time (this test checks that it runs, not speed).
+  # The step as the benchmark makes it, on a one-device data mesh (shard_map's type rules
+  # apply); compiled without backend optimisations, as every test here (tests/conftest.py).
   mesh = sharding.make_data_mesh(jax.devices()[:1])
-  step = adapt.make_step(kind, spec, mspec, mesh=mesh).jitted.lower(state, batch, key).compile(
-      compiler_options={"xla_backend_optimization_level": 0})
-  _, out = step(state, batch, key)
+  _, out = adapt.make_step(kind, spec, mspec, mesh=mesh)(state, batch, key)
   assert out["logits"].shape == (1, len(h.CLASS_NAMES)), where
   assert np.all(np.isfinite(np.asarray(out["logits"]))), where
