@@ -6,7 +6,7 @@ from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import runner
 from tests.config_files import config_module
 
-V2 = config_module("bench_small_v2")
+V2 = config_module("bench_v2")
 V2_VARIANTS = ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo", "test",
                "test_ablations", "test_chosen")
 
@@ -52,7 +52,7 @@ def test_chosen_settings_are_cells_of_the_budget_grid():
 
 @pytest.mark.parametrize("variant", ("", "demo"))
 def test_v1_configs_validate(variant):
-  module = config_module("bench_small")
+  module = config_module("bench_v1")
   cfg = module.get_config(variant) if variant else module.get_config()
   runner.validate_config(cfg)
   for mcfg in cfg.methods.values():

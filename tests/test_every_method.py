@@ -21,12 +21,12 @@ from tests.config_files import config_module
 
 def _config_methods():
   """(config name, method name, method config) for every method of every benchmark config."""
-  configs = {f"bench_small_v2:{v}": config_module("bench_small_v2").get_config(v)
+  configs = {f"bench_small_v2:{v}": config_module("bench_v2").get_config(v)
              for v in ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo",
                        "test", "test_chosen", "test_ablations")}
-  configs["bench_small_v2:budget_grid"] = dict(methods=config_module("bench_small_v2")
+  configs["bench_small_v2:budget_grid"] = dict(methods=config_module("bench_v2")
                                                .budget_grid())
-  configs.update({f"bench_small:{v}": config_module("bench_small").get_config(v)
+  configs.update({f"bench_small:{v}": config_module("bench_v1").get_config(v)
                   for v in ("", "demo")})
   configs.update({f"bench_tiny:{v}": config_module("bench_tiny").get_config(v)
                   for v in ("", "quick", "tpt", "tda")})
@@ -34,7 +34,7 @@ def _config_methods():
   paper = config_module("paper")
   configs.update({f"paper:{name}": paper.get_config(f"{name},all")
                   for name in benchmarks.BENCHMARKS})
-  configs["bench_small_v2:test_baselines"] = config_module("bench_small_v2").get_config(
+  configs["bench_small_v2:test_baselines"] = config_module("bench_v2").get_config(
       "test_baselines")
   configs.update({f"throughput:{v}": config_module("throughput").get_config(v)
                   for v in ("", "cpu", "tiny", "scaling", "baselines")})

@@ -1,17 +1,17 @@
 """The offline world v2: checkpoints/small_clip_v2 (configs/pretrain_small_v2.py) on shifted
 Fashion-/Animal-MNIST images (issue 12; docs/OFFLINE_V2.md has every figure).
 
-    metatpt-bench --config configs/bench_small_v2.py:levels       # zero-shot on candidate domains
-    metatpt-bench --config configs/bench_small_v2.py:dev          # published settings, train split
-    metatpt-bench --config configs/bench_small_v2.py:dev_metatpt  # MetaTPT variants, train split
-    metatpt-bench --config configs/bench_small_v2.py:dev_steps    # 4 steps at lr 0.05, train split
-    make folder-domain && metatpt-bench --config configs/bench_small_v2.py:test   # test domains
-    metatpt-bench --config configs/bench_small_v2.py:test_ablations   # 500 images, one seed
-    metatpt-bench --config configs/bench_small_v2.py:dev_budget   # the budget grid, train split
-    metatpt-bench --config configs/bench_small_v2.py:test_chosen  # chosen-settings group, test
-    metatpt-bench --config configs/bench_small_v2.py:test_baselines   # ZERO, C-TPT, MTA, test
-    metatpt-bench --config configs/bench_small_v2.py:demo         # `make demo`
-    metatpt-bench --config configs/bench_small_v2.py:dev --config.model.checkpoint=\
+    metatpt-bench --config configs/bench_v2.py:levels       # zero-shot on candidate domains
+    metatpt-bench --config configs/bench_v2.py:dev          # published settings, train split
+    metatpt-bench --config configs/bench_v2.py:dev_metatpt  # MetaTPT variants, train split
+    metatpt-bench --config configs/bench_v2.py:dev_steps    # 4 steps at lr 0.05, train split
+    make folder-domain && metatpt-bench --config configs/bench_v2.py:test   # test domains
+    metatpt-bench --config configs/bench_v2.py:test_ablations   # 500 images, one seed
+    metatpt-bench --config configs/bench_v2.py:dev_budget   # the budget grid, train split
+    metatpt-bench --config configs/bench_v2.py:test_chosen  # chosen-settings group, test
+    metatpt-bench --config configs/bench_v2.py:test_baselines   # ZERO, C-TPT, MTA, test
+    metatpt-bench --config configs/bench_v2.py:demo         # `make demo`
+    metatpt-bench --config configs/bench_v2.py:dev --config.model.checkpoint=\
         checkpoints/small_clip --config.output_dir=runs/bench_small_v1_dev   # the v1 checkpoint
 
 `levels` measures only zero-shot accuracy, on held-out test images, to choose test domains by

@@ -1,7 +1,8 @@
-"""The README's benchmark: the small CLIP pretrained here, shifted Fashion-/Animal-MNIST domains.
+"""The offline world v1 (the first): checkpoints/small_clip on shifted Fashion-/Animal-MNIST
+domains (docs/OFFLINE_V1.md). The current benchmark is world v2's (configs/bench_v2.py).
 
-    metatpt-bench --config configs/bench_small.py
-    metatpt-bench --config configs/bench_small.py:demo     # `make demo`: fewer images, 1 seed
+    metatpt-bench --config configs/bench_v1.py
+    metatpt-bench --config configs/bench_v1.py:demo     # fewer images, 1 seed
 """
 from metatpt_jax.bench import defaults
 
