@@ -18,8 +18,8 @@ def get_config(arg: str = ""):
   c.batch_size = 4
   small = dict(n_views=8, selection_ratio=0.25)
   c.methods = defaults.all_methods(
-      offline_images=4, generator=dict(defaults.metatpt_method().generator, hidden=8), **small)
-  c.methods.tpt.update(small)
+      metatpt=dict(offline_images=4, generator=dict(defaults.metatpt_method().generator,
+                                                    hidden=8), **small), tpt=small)
   if arg in ("quick", "tpt"):
     keep = ("zero_shot", "tpt", "metatpt") if arg == "quick" else ("zero_shot", "tpt")
     c.methods = {k: c.methods[k] for k in keep}

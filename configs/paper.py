@@ -18,16 +18,18 @@ $METATPT_DATA_DIR/folders/<dataset> unless `data.domains` names another folder.
 """
 import os
 
+from metatpt_jax import registry
 from metatpt_jax.bench import defaults
 from metatpt_jax.clip import hub
 from metatpt_jax.data import benchmarks, tfds_builders
 
 VIEW_CHUNK = 8
-METHODS = ("zero_shot", "tpt", "metatpt", "metatpt_first_order", "metatpt_joint",
-           "metatpt_fixed_aug", "metatpt_offline", "zero", "ctpt", "mta", "tda")
-GROUPS = {"main": ("zero_shot", "tpt", "metatpt"), "baselines": ("zero_shot", "tpt", "zero",
-                                                                 "ctpt", "mta", "tda"),
-          "all": METHODS}
+# Every registered method and its variants (registry order); "main": the main methods;
+# "baselines": the field's baselines beside the two references they are read against.
+METHODS = tuple(name for kind in registry.names()
+                for name in (kind, *registry.get(kind).variants))
+GROUPS = {"main": registry.names("main"),
+          "baselines": ("zero_shot", "tpt", *registry.names("baseline")), "all": METHODS}
 # TDA's authors' positive-cache (alpha, beta) where they differ from ImageNet's (2, 5); the
 # cross-datasets keep ImageNet's (the authors tune each; those values are not transcribed).
 TDA_POSITIVE = {"imagenet_v2": (1.0, 8.0), "imagenet_r": (1.0, 8.0),
@@ -71,9 +73,13 @@ def get_config(arg: str = ""):
   c.batch_size = 1
   # The inner gradient over chunks of VIEW_CHUNK views: the same meta-gradient in 2.8 GiB per
   # sample instead of 23 (B/16, 64 views, 10 classes; docs/THROUGHPUT.md).
-  every = defaults.all_methods(view_chunk=VIEW_CHUNK)
+  every = defaults.all_methods(metatpt=dict(view_chunk=VIEW_CHUNK))
   every.update(defaults.baselines())
-  every.tpt.view_kind = every.ctpt.view_kind = bench.view_kind
+  # TPT's views for this dataset wherever TPT's views are tuned on: TPT, C-TPT and MetaTPT's
+  # fixed-views ablation (ZERO, MTA and TDA keep their authors' own choice).
+  for name in every:
+    if every[name].kind in ("tpt", "ctpt") or every[name].get("augment") == "fixed":
+      every[name].view_kind = bench.view_kind
   if bench.name in TDA_POSITIVE:
     every.tda.pos_alpha, every.tda.pos_beta = TDA_POSITIVE[bench.name]
   if bench.name in CTPT_IMAGENET_VARIANTS:

@@ -1,10 +1,13 @@
-"""Batched test-time adaptation steps: `(state, batch, key) -> (state, metrics)`.
+"""Batched test-time adaptation steps: `(state, batch, key) -> (state, metrics)`, for every
+method of the registry (`registry.names()`), chosen by its kind.
 
-The per-sample methods (`registry.METHODS`: zero-shot, TPT, MetaTPT) have no batch axis; here
-`jax.vmap` adds it, and with a mesh
-`jax.shard_map` splits the batch over the data axis while the frozen state stays replicated.
-Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on which other
-samples share its batch, their order, or the device it lands on.
+Episodic methods (a per-sample `adapt_one`: zero-shot, TPT, MetaTPT, C-TPT, ZERO, MTA) have no
+batch axis; here `jax.vmap` adds it, and with a mesh `jax.shard_map` splits the batch over the
+data axis while the state stays replicated; they return the state unchanged (every sample starts
+afresh). Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on
+which other samples share its batch, their order, or the device it lands on. Online methods (a
+`stream`: TDA) change the state from sample to sample: the step scans the batch in order on one
+device and returns the state carried past it.
 
 A batch is a dict: "image" [B, S, S, 3] float in [0, 1] (view 0, as CLIP sees the image),
 "index" [B] int, and optionally the decoded images the random views are cut from: "canvas"
@@ -28,16 +31,18 @@ from metatpt_jax.sharding import DATA_AXIS
 
 
 class AdaptState(NamedTuple):
-  """Everything a step reads but does not change per sample."""
+  """What a step reads: the frozen CLIP and the method's per-domain state."""
   frozen: FrozenCLIP
-  phi: Any = None    # a method's per-domain parameters (`registry.Method.init_phi`; MetaTPT:
-                     # the generator it starts from; None for other methods)
+  # `registry.Method.init_state`: MetaTPT's generator parameters phi (what every sample starts
+  # from), TDA's caches (carried from sample to sample); None for the other methods.
+  method_state: Any = None
 
 
-def per_sample_fn(method: str, spec, mspec: ModelSpec):
-  """fn(state, image, key, source) -> (logits [C], metrics) for one sample of `method`."""
-  adapt_one = registry.get(method).adapt_one
-  return lambda state, image, key, source=None: adapt_one(state, image, key, spec, mspec, source)
+def per_sample_fn(kind: str, spec, mspec: ModelSpec):
+  """fn(state, image, key, source) -> (logits [C], metrics) for one sample of method `kind`."""
+  adapt_one = registry.get(kind).adapt_one
+  return lambda state, image, key, source=None: adapt_one(state.frozen, state.method_state,
+                                                          image, key, spec, mspec, source)
 
 
 def _keys_and_sources(batch: dict, key: jax.Array):
@@ -53,41 +58,42 @@ def _keys_and_sources(batch: dict, key: jax.Array):
   return keys, sources
 
 
-def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
+def adapt_batch(state: AdaptState, batch: dict, key: jax.Array, *, kind: str, spec,
                 mspec: ModelSpec):
   """vmap of the per-sample method over batch["image"] [B, S, S, 3] with batch["index"] [B]."""
-  fn = per_sample_fn(method, spec, mspec)
+  fn = per_sample_fn(kind, spec, mspec)
   keys, sources = _keys_and_sources(batch, key)
   out, metrics = jax.vmap(fn, in_axes=(None, 0, 0, 0))(state, batch["image"], keys, sources)
   return dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
 
 
-def stream_batch(state: AdaptState, batch: dict, key: jax.Array, *, method: str, spec,
+def stream_batch(state: AdaptState, batch: dict, key: jax.Array, *, kind: str, spec,
                  mspec: ModelSpec):
-  """An online method over the batch's samples in order: (state with the carried phi, metrics)."""
+  """An online method over the batch's samples in order: (state carried past them, metrics)."""
   keys, sources = _keys_and_sources(batch, key)
-  phi, out, metrics = registry.get(method).stream(state, batch["image"], keys, spec, mspec,
-                                                  sources)
-  return state._replace(phi=phi), dict(metrics, logits=out, prediction=jnp.argmax(out, -1))
+  carried, out, metrics = registry.get(kind).stream(state.frozen, state.method_state,
+                                                    batch["image"], keys, spec, mspec, sources)
+  return (state._replace(method_state=carried),
+          dict(metrics, logits=out, prediction=jnp.argmax(out, -1)))
 
 
-def _stream_step(method, spec, mspec, mesh):
+def _stream_step(kind, spec, mspec, mesh):
   if mesh is not None and mesh.size > 1:
-    raise UserError(f"{method} carries its state from sample to sample: it runs as one stream "
+    raise UserError(f"{kind} carries its state from sample to sample: it runs as one stream "
                     f"on one device, not split over {mesh.size}; use --config.num_devices=1.")
-  return functools.partial(stream_batch, method=method, spec=spec, mspec=mspec)
+  return functools.partial(stream_batch, kind=kind, spec=spec, mspec=mspec)
 
 
-def make_step(method: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | None = None):
-  """A jitted `(state, batch, key) -> (state, metrics)` step.
+def make_step(kind: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | None = None):
+  """A jitted `(state, batch, key) -> (state, metrics)` step of method `kind` (a registry name).
 
   With `mesh`, the batch axis of every batch entry is split over `DATA_AXIS` (the batch size
   must be a multiple of the axis size) and the state is replicated. Episodic methods return
   the state unchanged; online ones (`registry.Method.stream`) return it carried past the batch.
   """
-  if registry.get(method).stream is not None:  # online: the state carries (an unknown fails)
-    return _checked(jax.jit(_stream_step(method, spec, mspec, mesh)), mspec)
-  fn = functools.partial(adapt_batch, method=method, spec=spec, mspec=mspec)
+  if registry.get(kind).stream is not None:  # online: the state carries (an unknown fails)
+    return _checked(jax.jit(_stream_step(kind, spec, mspec, mesh)), mspec)
+  fn = functools.partial(adapt_batch, kind=kind, spec=spec, mspec=mspec)
   if mesh is not None:
     per_device = fn
 

@@ -30,18 +30,18 @@ class ModelSpec(NamedTuple):
   class_chunk: int = 0               # text tower over this many classes at a time (0: all)
 
 
-def encode_images(frozen: FrozenCLIP, images: jax.Array, spec: ModelSpec,
+def encode_images(frozen: FrozenCLIP, images: jax.Array, mspec: ModelSpec,
                   remat: bool = False) -> jax.Array:
   """Unit-norm image features [V, E] of [V, S, S, 3] images in [0, 1]."""
-  feats = clip_model.encode_image(frozen.params, clip_normalize(images), spec.arch,
-                                  remat=remat, dtype=spec.compute_dtype)
+  feats = clip_model.encode_image(frozen.params, clip_normalize(images), mspec.arch,
+                                  remat=remat, dtype=mspec.compute_dtype)
   return clip_model.normalize(feats)
 
 
-def class_features(frozen: FrozenCLIP, ctx: jax.Array, spec: ModelSpec) -> jax.Array:
+def class_features(frozen: FrozenCLIP, ctx: jax.Array, mspec: ModelSpec) -> jax.Array:
   """Unit-norm class text features [C, E] for context `ctx`."""
-  return prompts.text_features(frozen.params, spec.arch, frozen.bank, ctx,
-                               dtype=spec.compute_dtype, class_chunk=spec.class_chunk)
+  return prompts.text_features(frozen.params, mspec.arch, frozen.bank, ctx,
+                               dtype=mspec.compute_dtype, class_chunk=mspec.class_chunk)
 
 
 def logits(frozen: FrozenCLIP, image_features: jax.Array, text_feats: jax.Array) -> jax.Array:

@@ -19,21 +19,10 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from metatpt_jax import losses, metatpt
-from metatpt_jax.clip.config import CLIPArch, TextArch, VisionArch
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
+from metatpt_jax.metatpt_inner import InnerSweep, make_episode
 
 ORDERS = ("second", "first")
-
-# A CLIP small enough that second-order gradients compile in seconds on a CPU (notebook 01; the
-# sizes of tests/method_helpers.TEST_ARCH). Its context of 16 tokens fits "a photo of a <class>."
-# for short class names. Use it with random weights: it is for inspecting gradients, not accuracy.
-INSPECTION_ARCH = CLIPArch(
-    vision=VisionArch(image_size=16, patch_size=8, width=32, layers=2, heads=2),
-    text=TextArch(context_length=16, width=32, layers=2, heads=2), embed_dim=16)
-
-
-# The per-sample constants of `metatpt_adapt_one_sample` (view-0 feature, generator noise).
-make_episode = metatpt.make_episode
 
 
 def meta_loss_fn(frozen: FrozenCLIP, image: jax.Array, key: jax.Array,
@@ -60,46 +49,28 @@ def hypergradients(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
                for order in ORDERS)
 
 
-# The auxiliary losses a swept gradient can switch between at run time (`aux_index`).
+# The inner objectives a swept gradient can switch between at run time (`aux_index`).
 SWEPT_AUX_LOSSES = ("view_kl", "embedding_agreement")
-
-
-def swept_outer_loss(frozen: FrozenCLIP, meta, ep, spec: metatpt.MetaTPTSpec, mspec: ModelSpec,
-                     inner_lr, inner_steps, aux_index=None):
-  """`metatpt.outer_loss` (dual loop) with the inner learning rate and step count traced.
-
-  `lax.scan` runs spec.inner_steps inner steps (the most a sweep may ask for) and keeps the
-  first `inner_steps` of them, so one compilation serves a whole (inner_lr, inner_steps) grid.
-  aux_index (traced int or None): L_aux is SWEPT_AUX_LOSSES[aux_index] (`lax.switch`) instead
-  of spec.aux_loss, so the same compilation also compares auxiliary losses.
-  Equals `metatpt.outer_loss` with those values in the spec (tests/test_hypergrad.py).
-  """
-  ctx, phi = meta["ctx"], meta["phi"]
-  head = None
-  if aux_index is not None:
-    heads = [losses.get_aux_loss(name) for name in SWEPT_AUX_LOSSES]
-    head = lambda view_logits, feats: jax.lax.switch(aux_index, heads, view_logits, feats)
-
-  def step(adapted, index):
-    stepped = metatpt.inner_step(frozen, adapted, ctx, ep, spec, mspec, lr=inner_lr, head=head)
-    return jax.tree.map(lambda s, a: jnp.where(index < inner_steps, s, a), stepped, adapted), None
-
-  adapted, _ = jax.lax.scan(step, phi, jnp.arange(spec.inner_steps))
-  adapted = metatpt.ORDERS[spec.order](phi, adapted)
-  return metatpt.consistency_on_generated(frozen, adapted, ctx, ep, spec, mspec)
 
 
 def swept_meta_gradient(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
                         spec: metatpt.MetaTPTSpec, mspec: ModelSpec, inner_lr, inner_steps,
                         aux_index=None):
-  """`meta_gradient` (of order spec.order) with inner_lr (scalar), inner_steps (int <=
-  spec.inner_steps) and aux_index (see `swept_outer_loss`) traced.
+  """`meta_gradient` (of order spec.order) with the inner loop's settings traced: inner_lr
+  (scalar), inner_steps (int <= spec.inner_steps) and aux_index (int into SWEPT_AUX_LOSSES, or
+  None for spec.aux_loss). `metatpt.outer_loss` runs them as a `metatpt_inner.InnerSweep`.
 
   Jit with spec and mspec static; then sweeping the traced arguments never recompiles. The
-  scan always runs spec.inner_steps steps, so its run time is that of spec.inner_steps steps.
+  inner loop always runs spec.inner_steps steps (the later ones masked), so its run time is
+  that of spec.inner_steps steps.
   """
+  objective = None
+  if aux_index is not None:
+    objective = losses.switched([spec.replace(aux_loss=name).inner_objective()
+                                 for name in SWEPT_AUX_LOSSES], aux_index)
+  sweep = InnerSweep(lr=inner_lr, steps=inner_steps, objective=objective)
   ep = make_episode(frozen, image, key, spec, mspec)
-  loss = lambda m: swept_outer_loss(frozen, m, ep, spec, mspec, inner_lr, inner_steps, aux_index)
+  loss = lambda meta: metatpt.outer_loss(frozen, meta, ep, spec, mspec, sweep=sweep)
   return jax.grad(loss)({"ctx": frozen.ctx_init, "phi": phi})
 
 

@@ -1,14 +1,19 @@
-"""Test-time objectives, registered by name so a config selects them.
+"""Test-time objectives: TPT's entropy and confidence selection, MetaTPT's outer loss, and
+MetaTPT's inner objectives (`InnerObjective`, registered by name so a spec selects one).
 
 All functions are per sample: `logits` is [V, C] for V views of one image, view 0 the original.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import chex
 import jax
 import jax.numpy as jnp
+
+from metatpt_jax.specs import Choices
 
 
 def view_entropy(logits: jax.Array) -> jax.Array:
@@ -54,73 +59,98 @@ def kl_from_reference_per_view(logits: jax.Array, ref_logits: jax.Array) -> jax.
   return jnp.sum(jnp.exp(ref) * (ref - logp), axis=-1)
 
 
-def kl_from_reference(logits: jax.Array) -> jax.Array:
-  """Mean over views 1..V-1 of KL(p_0 || p_v): agreement of each view with view 0."""
-  return jnp.mean(kl_from_reference_per_view(logits[1:], logits[0]))
-
-
 def cosine_distance_per_view(features: jax.Array, ref_feature: jax.Array) -> jax.Array:
   """1 - cos(f_v, f_ref) for each view: [K, E], [E] -> [K]."""
   f = features / jnp.linalg.norm(features, axis=-1, keepdims=True)
   return 1.0 - f @ (ref_feature / jnp.linalg.norm(ref_feature))
 
 
-def embedding_disagreement(image_features: jax.Array) -> jax.Array:
-  """Mean over views 1..V-1 of 1 - cos(f(v_k), f(v_0)); independent of the prompt."""
-  return jnp.mean(cosine_distance_per_view(image_features[1:], image_features[0]))
-
-
-# Auxiliary losses that are a mean over the generated views 1..V-1 of a term of that view
-# alone (given view 0, which the inner step does not change): fn(logits [K, C], features
-# [K, E], view-0 logits [C], view-0 feature [E]) -> [K]. The inner gradient of these can run
-# over chunks of views (MetaTPTSpec.view_chunk).
-PER_VIEW_AUX: dict[str, Callable] = {
-    "view_kl": lambda lg, f, ref_lg, ref_f: kl_from_reference_per_view(lg, ref_lg),
-    "embedding_agreement": lambda lg, f, ref_lg, ref_f: cosine_distance_per_view(f, ref_f),
-    # Confident views that keep the sample's content: each generated view's own entropy plus
-    # its disagreement with view 0 (a view may be sure, but of view 0's class).
-    "confident_agreement": lambda lg, f, ref_lg, ref_f: (view_entropy(lg)
-                                                         + kl_from_reference_per_view(lg, ref_lg)),
-}
-
-
-def _mean_of_per_view(name):
-  def loss(logits, feats):  # feats may be None for the losses that read only logits
-    rest, ref = (None, None) if feats is None else (feats[1:], feats[0])
-    return jnp.mean(PER_VIEW_AUX[name](logits[1:], rest, logits[0], ref))
-  return loss
-
-
-# Auxiliary (inner-loop) losses: fn(logits [V, C], image_features [V, E]) -> scalar.
-AUX_LOSSES: dict[str, Callable] = {
-    **{name: _mean_of_per_view(name) for name in PER_VIEW_AUX},
-    # The entropy of the marginal over all views: not a sum of per-view terms.
-    "marginal_entropy": lambda logits, feats: marginal_entropy(logits),
-}
-# Which auxiliary losses need the prompt (and so give the prompt a second-order term).
-AUX_USES_PROMPT = {"view_kl": True, "embedding_agreement": False, "marginal_entropy": True,
-                   "confident_agreement": True}
-
-
-def consistency_on_kept(kept_logits: jax.Array, consistency_weight: float):
-  """MetaTPT's outer loss on already-selected views: marginal entropy + weight * KL to mean."""
+def marginal_entropy_and_consistency(kept_logits: jax.Array, consistency_weight: float):
+  """MetaTPT's outer loss on already-selected views [K, C]: the entropy of their averaged
+  prediction + consistency_weight * the mean KL of each view to that average."""
   return marginal_entropy(kept_logits) + consistency_weight * kl_to_mean(kept_logits)
 
 
-def consistency_loss(logits: jax.Array, num_keep: int, consistency_weight: float):
-  """MetaTPT's outer loss on the confident views: marginal entropy + weight * KL to their mean."""
-  return consistency_on_kept(logits[select_confident(logits, num_keep)], consistency_weight)
+@dataclasses.dataclass(frozen=True)
+class InnerObjective:
+  """MetaTPT's self-supervised inner objective L_aux on one image's views (view 0 the image):
+
+    L_aux = views_term(logits [V, C], features [V, E]) + penalty_weight * penalty,
+
+  where penalty is the generator's deviation from its initial distribution (`generator`).
+
+  per_view(logits [K, C], features [K, E], view-0 logits [C], view-0 feature [E]) -> [K]: the
+    term of each generated view given view 0 (which the inner step does not move); views_term
+    is their mean, so its gradient can be summed over chunks of views (MetaTPTSpec.view_chunk).
+    None for an objective that is not such a mean: then `whole(logits, features)` is views_term.
+  reads_prompt: whether views_term reads the logits, and so the prompt. Only then does the
+    prompt's meta-gradient have a second-order term; otherwise no logits are computed for it
+    (they are passed as None).
+  """
+  per_view: Callable | None = None
+  whole: Callable | None = None
+  reads_prompt: bool = True
+  penalty_weight: float = 1.0
+
+  @property
+  def is_per_view(self) -> bool:
+    return self.per_view is not None
+
+  def views_term(self, logits: jax.Array | None, features: jax.Array | None) -> jax.Array:
+    """The mean of the per-view terms (or `whole`); logits or features may be None for an
+    objective that does not read them."""
+    if self.per_view is None:
+      return self.whole(logits, features)
+    split = lambda x: (None, None) if x is None else (x[1:], x[0])
+    (rest_logits, ref_logits), (rest_feats, ref_feat) = split(logits), split(features)
+    return jnp.mean(self.per_view(rest_logits, rest_feats, ref_logits, ref_feat))
+
+  def penalty_term(self, penalty: jax.Array) -> jax.Array:
+    return self.penalty_weight * penalty
+
+  def loss(self, logits: jax.Array | None, features: jax.Array, penalty: jax.Array):
+    """L_aux on all views at once."""
+    return self.views_term(logits, features) + self.penalty_term(penalty)
 
 
-def get_per_view_aux_loss(name: str) -> Callable:
-  if name not in PER_VIEW_AUX:
-    raise ValueError(f"Auxiliary loss {name!r} is not a mean of per-view terms, so its gradient "
-                     f"cannot run over chunks of views; use view_chunk=0 or one of "
-                     f"{sorted(PER_VIEW_AUX)}.")
-  return PER_VIEW_AUX[name]
+# MetaTPT's inner objectives by name (`MetaTPTSpec.aux_loss` is checked against this table).
+INNER_OBJECTIVES: dict[str, InnerObjective] = {}
+InnerObjectiveName = Annotated[str, Choices(INNER_OBJECTIVES)]
 
 
-def get_aux_loss(name: str) -> Callable:
-  if name not in AUX_LOSSES:
-    raise ValueError(f"Unknown auxiliary loss {name!r}; registered: {sorted(AUX_LOSSES)}.")
-  return AUX_LOSSES[name]
+def register_inner_objective(name: str, objective: InnerObjective) -> InnerObjective:
+  if name in INNER_OBJECTIVES:
+    raise ValueError(f"Inner objective {name!r} is registered twice.")
+  INNER_OBJECTIVES[name] = objective
+  return objective
+
+
+register_inner_objective("view_kl", InnerObjective(  # KL(view 0 || view k): agree with view 0
+    per_view=lambda lg, f, ref_lg, ref_f: kl_from_reference_per_view(lg, ref_lg)))
+# The name says what the objective seeks (agreement); its value is the cosine disagreement it
+# minimises. Kept: committed records are keyed by it.
+register_inner_objective("embedding_agreement", InnerObjective(
+    per_view=lambda lg, f, ref_lg, ref_f: cosine_distance_per_view(f, ref_f),
+    reads_prompt=False))
+# Confident views that keep the sample's content: each generated view's own entropy plus its
+# disagreement with view 0 (a view may be sure, but of view 0's class).
+register_inner_objective("confident_agreement", InnerObjective(
+    per_view=lambda lg, f, ref_lg, ref_f: view_entropy(lg) + kl_from_reference_per_view(lg,
+                                                                                      ref_lg)))
+# The entropy of the marginal over all views: not a mean of per-view terms.
+register_inner_objective("marginal_entropy", InnerObjective(
+    whole=lambda logits, feats: marginal_entropy(logits)))
+
+
+def switched(objectives: Sequence[InnerObjective], index: jax.Array) -> InnerObjective:
+  """objectives[index] for a traced int `index` (`lax.switch`), so a sweep over objectives
+  compiles once. Per-view when every one is; reads the prompt when any does."""
+  weights = {o.penalty_weight for o in objectives}
+  if len(weights) != 1:
+    raise ValueError(f"Switched inner objectives need one penalty weight; got {weights}.")
+  reads = any(o.reads_prompt for o in objectives)
+  if all(o.is_per_view for o in objectives):
+    per_view = lambda *args: jax.lax.switch(index, [o.per_view for o in objectives], *args)
+    return InnerObjective(per_view=per_view, reads_prompt=reads, penalty_weight=weights.pop())
+  whole = lambda *args: jax.lax.switch(index, [o.views_term for o in objectives], *args)
+  return InnerObjective(whole=whole, reads_prompt=reads, penalty_weight=weights.pop())

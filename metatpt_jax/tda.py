@@ -27,14 +27,14 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from metatpt_jax import losses, tpt, views
+from metatpt_jax import losses, registry, views
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
-from metatpt_jax.specs import ViewsSpec
+from metatpt_jax.specs import ConfidentViewsSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class TDASpec(ViewsSpec):
+class TDASpec(ConfidentViewsSpec):
   """TDA's hyper-parameters (the authors' ImageNet defaults)."""
   pos_shot: int = 3
   pos_alpha: float = 2.0
@@ -102,7 +102,7 @@ def sample_features(frozen: FrozenCLIP, text, image, key, spec: TDASpec, mspec: 
   if spec.n_views == 1:
     feats = encode_images(frozen, image[None], mspec)
     return feats[0], logits(frozen, feats, text)[0]
-  all_views = tpt.make_views(image, key, spec, source)
+  all_views = spec.make_views(image, key, source)
   feats = encode_images(frozen, all_views, mspec)
   view_logits = logits(frozen, feats, text)
   keep = losses.select_confident(view_logits, spec.num_keep)
@@ -131,10 +131,11 @@ def tda_update_and_predict(cache: Cache, feature, clip_logits, spec: TDASpec):
   return cache, final
 
 
-def tda_stream(cache: Cache, frozen: FrozenCLIP, images, keys, spec: TDASpec, mspec: ModelSpec,
+def tda_stream(frozen: FrozenCLIP, cache: Cache, images, keys, spec: TDASpec, mspec: ModelSpec,
                sources: views.Source | None = None):
-  """Streams images [B, S, S, 3] in order through TDA: (cache, final logits [B, C], CLIP
-  logits [B, C]). Deterministic for a given order; `lax.scan` keeps one sample in flight."""
+  """Streams images [B, S, S, 3] in order through TDA: (cache, final logits [B, C], metrics
+  with CLIP's logits [B, C]). Deterministic for a given order; `lax.scan` keeps one sample in
+  flight."""
   chex.assert_rank(images, 4)
   text = class_features(frozen, frozen.ctx_init, mspec)  # the same for the whole stream
 
@@ -145,4 +146,10 @@ def tda_stream(cache: Cache, frozen: FrozenCLIP, images, keys, spec: TDASpec, ms
     return cache, (final, clip_logits)
 
   cache, (final, clip_logits) = jax.lax.scan(step, cache, (images, keys, sources))
-  return cache, final, clip_logits
+  return cache, final, dict(zero_shot_logits=clip_logits)
+
+
+registry.register(registry.Method(
+    "tda", None, spec_type=TDASpec, stream=tda_stream, group="baseline",
+    init_state=lambda key, spec, arch, num_classes: init_cache(num_classes, arch.embed_dim,
+                                                               spec)))

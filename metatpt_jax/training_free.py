@@ -15,33 +15,27 @@ ZERO's logits are the log of its vote shares (so softmax gives the shares as con
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from metatpt_jax import losses, tpt, views
+from metatpt_jax import losses, registry, views
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
-from metatpt_jax.specs import Spec, ViewsSpec
+from metatpt_jax.specs import ConfidentViewsSpec, ViewsSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class ZeroSpec(ViewsSpec):
+class ZeroSpec(ConfidentViewsSpec):
   """ZERO's defaults (the authors' code): 64 views, 30 % kept."""
   selection_ratio: float = 0.3
-
-  def check(self) -> None:
-    if self.num_keep < 1:
-      raise UserError(f"ZERO needs n_views * selection_ratio >= 1; got n_views={self.n_views}, "
-                      f"selection_ratio={self.selection_ratio}.")
 
 
 def _view_logits(frozen, image, key, spec, mspec, source):
   """(view features [V, E] without gradient, class text features [C, E] of the initial prompt,
   logits [V, C]) on TPT's views."""
-  all_views = tpt.make_views(image, key, spec, source)
+  all_views = spec.make_views(image, key, source)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
   text = class_features(frozen, frozen.ctx_init, mspec)
   return feats, text, logits(frozen, feats, text)
@@ -74,11 +68,8 @@ def zero_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: 
 
 
 @dataclasses.dataclass(frozen=True)
-class MTASpec(Spec):
+class MTASpec(ViewsSpec):
   """MTA's defaults (the authors' code): 64 views, lambda_q 4, lambda_y 0.2, 5 iterations."""
-  n_views: int = 64
-  view_kind: Literal["random_crop", "augmix"] = "random_crop"
-  crop_scale: tuple = (0.08, 1.0)
   lambda_q: float = 4.0         # weight of the views' prediction affinity in the scores
   lambda_y: float = 0.2         # temperature of the scores' softmax
   bandwidth_neighbors: float = 0.3  # fraction of the other views whose distances set h_j
@@ -144,3 +135,9 @@ def mta_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: M
   mode, scores = mta_mode(feats, jax.nn.softmax(view_logits, axis=-1), spec)
   return logits(frozen, mode[None], text)[0], dict(zero_shot_logits=view_logits[0],
                                                    view0_score=scores[0])
+
+
+registry.register(registry.Method("zero", registry.stateless(zero_one_sample),
+                                  spec_type=ZeroSpec, group="baseline"))
+registry.register(registry.Method("mta", registry.stateless(mta_one_sample),
+                                  spec_type=MTASpec, group="baseline"))

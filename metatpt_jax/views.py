@@ -181,20 +181,20 @@ def crop_resize(source: Source, box: jax.Array, out_size: int, flip=False) -> ja
   return jnp.einsum("pw,owc->opc", wx, rows, precision=jax.lax.Precision.HIGHEST)
 
 
-def tpt_crop(source: Source, key: jax.Array, out_size: int, scale=(0.08, 1.0),
-             ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5) -> jax.Array:
-  """One RandomResizedCrop(out_size) + RandomHorizontalFlip view of the source."""
-  k_box, k_flip = jax.random.split(key)
-  box = random_resized_crop_box(k_box, source.extent, scale, ratio)
-  return crop_resize(source, box, out_size, jax.random.bernoulli(k_flip, flip_prob))
-
-
 def tpt_crop_params(key: jax.Array, extent: jax.Array, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                     flip_prob: float = 0.5):
-  """The (box [4] int32, flip bool) `tpt_crop` draws from `key` (for inspection and tests)."""
+  """The (box [4] int32, flip bool) of one TPT view drawn from `key`: what `tpt_crop` cuts (and
+  what a reference implementation needs to cut the same view)."""
   k_box, k_flip = jax.random.split(key)
   return (random_resized_crop_box(k_box, extent, scale, ratio),
           jax.random.bernoulli(k_flip, flip_prob))
+
+
+def tpt_crop(source: Source, key: jax.Array, out_size: int, scale=(0.08, 1.0),
+             ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5) -> jax.Array:
+  """One RandomResizedCrop(out_size) + RandomHorizontalFlip view of the source."""
+  box, flip = tpt_crop_params(key, source.extent, scale, ratio, flip_prob)
+  return crop_resize(source, box, out_size, flip)
 
 
 def tpt_views(image: jax.Array, key: jax.Array, n_views: int, source: Source | None = None,

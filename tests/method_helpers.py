@@ -7,14 +7,12 @@ import jax.numpy as jnp
 from metatpt_jax import generator as gen
 from metatpt_jax import metatpt, prompts
 from metatpt_jax.clip import model
-from metatpt_jax.clip.config import CLIPArch, TextArch, VisionArch
+from metatpt_jax.clip.config import get_arch
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
 
 CLASS_NAMES = ["cat", "dog", "sea lion", "T-shirt", "ankle boot"]
 # Small enough for second-order gradients in float64 in seconds; short text context.
-TEST_ARCH = CLIPArch(
-    vision=VisionArch(image_size=16, patch_size=8, width=32, layers=2, heads=2),
-    text=TextArch(context_length=16, width=32, layers=2, heads=2), embed_dim=16)
+TEST_ARCH = get_arch("micro")
 
 
 def tiny_frozen(seed=0, arch=TEST_ARCH, dtype=jnp.float32, logit_scale=None):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatpt_jax import generator as gen
-from metatpt_jax import losses, metatpt, offline_generator
+from metatpt_jax import losses, metatpt, metatpt_inner, offline_generator
 from metatpt_jax.frozen_clip import class_features, logits
 from tests import method_helpers as h
 
@@ -20,7 +20,7 @@ def _setup(spec, seed=0):
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
   image = h.random_images(seed, 1)[0]
   phi = h.init_phi(spec, perturb=0.3)  # a generator whose views depend on phi
-  ep = metatpt.make_episode(frozen, image, jax.random.key(seed), spec, mspec)
+  ep = metatpt_inner.make_episode(frozen, image, jax.random.key(seed), spec, mspec)
   return frozen, mspec, phi, image, ep
 
 
@@ -75,11 +75,14 @@ def test_joint_schedule_is_aux_plus_consistency_on_the_same_views():
     meta = {"ctx": frozen.ctx_init, "phi": phi}
     joint, keep = metatpt.joint_loss_and_keep(frozen, meta, ep, spec, mspec)
     # By hand: the views of phi (no inner step), L_aux on all of them, L_cons on the confident.
-    feats, _ = metatpt.view_features(frozen, phi, ep, spec, mspec)
+    feats, penalty = metatpt_inner.view_features(frozen, phi, ep, spec, mspec)
     view_logits = logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))
     want_keep = losses.select_confident(view_logits, spec.num_keep)
-    by_hand = (metatpt.aux_loss(frozen, phi, frozen.ctx_init, ep, spec, mspec)
-               + losses.consistency_on_kept(view_logits[want_keep], spec.consistency_weight))
+    by_hand = (metatpt_inner.inner_loss(frozen, phi, frozen.ctx_init, ep, spec, mspec,
+                                        spec.inner_objective())
+               + losses.marginal_entropy_and_consistency(view_logits[want_keep],
+                                                         spec.consistency_weight))
+    del penalty  # inner_loss adds it itself
     dual = metatpt.dual_loop_loss_and_keep(frozen, meta, ep, spec, mspec)[0]
     return joint, keep, by_hand, want_keep, dual
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import transformers
 
-from metatpt_jax import tpt, training_free, views
+from metatpt_jax import ctpt, tpt, training_free, views
 from metatpt_jax.bench.torch_tpt import TorchTPT
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.clip.tokenizer import default_tokenizer
@@ -155,7 +155,7 @@ def test_ctpt_matches_torch(torch_setup):
   """Two AdamW steps with eps 10 (gradients ~1): the step is ~ lr * g / 10, so the context, and
   with it the final logits, follow the gradient's values, dispersion term included."""
   frozen, mspec, model, token_ids, image, key, pixels = torch_setup
-  spec = tpt.CTPTSpec(steps=2, eps=10.0, lr=0.5, dispersion_weight=50.0)
+  spec = ctpt.CTPTSpec(steps=2, eps=10.0, lr=0.5, dispersion_weight=50.0)
   ref = TorchTPT(model, token_ids, frozen.ctx_init).adapt(pixels, steps=2, lr=0.5, eps=10.0,
                                                          dispersion_weight=50.0)
   final, metrics = _ours(frozen, image, key, spec, mspec)
@@ -171,5 +171,5 @@ def test_dispersion_is_the_mean_distance_to_the_centroid():
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(10.0))
   text = np.asarray(class_features(frozen, frozen.ctx_init, mspec), np.float64)
   want = np.mean([np.linalg.norm(t - text.mean(0)) for t in text])
-  np.testing.assert_allclose(float(tpt.text_feature_dispersion(jnp.asarray(text))), want,
+  np.testing.assert_allclose(float(ctpt.text_feature_dispersion(jnp.asarray(text))), want,
                              rtol=1e-6)

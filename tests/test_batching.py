@@ -185,6 +185,6 @@ def test_adaptation_is_episodic(method, method_setup):
                         f"{method}: sample {BATCH + i} after another batch")
   # The state carries nothing adapted: frozen weights, initial context and phi come back as
   # they went in.
-  for got, want in zip(jax.tree.leaves((after_a.frozen, after_a.phi)),
-                       jax.tree.leaves((state.frozen, state.phi))):
+  for got, want in zip(jax.tree.leaves((after_a.frozen, after_a.method_state)),
+                       jax.tree.leaves((state.frozen, state.method_state))):
     np.testing.assert_array_equal(got, want)

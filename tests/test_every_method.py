@@ -1,18 +1,19 @@
 """Every method of every benchmark config runs (issue 14): a smoke run on a tiny CLIP.
 
 Methods that differ only in numbers (learning rates, step counts, view counts) run the same
-code, so each config method is reduced to its code path (`_code_path`: the kind, every
-variant field, chunked or not, and the generator's switches) and each distinct path is run
-once, shrunk to a tiny size (one step: multi-step tuning runs in the variant and parity tests), through `adapt.make_step` and the method's per-domain
-`prepare` where it has one. A new Literal field of a spec that `CODE_FIELDS` does not list
-fails a test, so a new variant cannot slip by untested.
+code, so each config method is reduced to its code path (`code_path`: the kind and what its
+spec declares, `specs.Spec.code_path`: every choice field, its `code_fields` and switches) and
+each distinct path is run once, shrunk to a tiny size (`tiny`), through `adapt.make_step` and
+the method's per-domain `prepare` where it has one. A new choice field is part of every code
+path by construction, so a new variant cannot slip by untested. Nothing here names a method:
+tests/test_registry.py runs a method it writes itself through the same functions.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metatpt_jax import adapt, registry, sharding, specs
+from metatpt_jax import adapt, registry, sharding
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.data import benchmarks
 from tests import method_helpers as h
@@ -21,12 +22,12 @@ from tests.config_files import config_module
 
 def _config_methods():
   """(config name, method name, method config) for every method of every benchmark config."""
-  configs = {f"bench_small_v2:{v}": config_module("bench_v2").get_config(v)
+  configs = {f"bench_v2:{v}": config_module("bench_v2").get_config(v)
              for v in ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo",
                        "test", "test_chosen", "test_ablations")}
-  configs["bench_small_v2:budget_grid"] = dict(methods=config_module("bench_v2")
+  configs["bench_v2:budget_grid"] = dict(methods=config_module("bench_v2")
                                                .budget_grid())
-  configs.update({f"bench_small:{v}": config_module("bench_v1").get_config(v)
+  configs.update({f"bench_v1:{v}": config_module("bench_v1").get_config(v)
                   for v in ("", "demo")})
   configs.update({f"bench_tiny:{v}": config_module("bench_tiny").get_config(v)
                   for v in ("", "quick", "tpt", "tda")})
@@ -34,7 +35,7 @@ def _config_methods():
   paper = config_module("paper")
   configs.update({f"paper:{name}": paper.get_config(f"{name},all")
                   for name in benchmarks.BENCHMARKS})
-  configs["bench_small_v2:test_baselines"] = config_module("bench_v2").get_config(
+  configs["bench_v2:test_baselines"] = config_module("bench_v2").get_config(
       "test_baselines")
   configs.update({f"throughput:{v}": config_module("throughput").get_config(v)
                   for v in ("", "cpu", "tiny", "scaling", "baselines")})
@@ -42,62 +43,59 @@ def _config_methods():
           for mname, mcfg in cfg["methods"].items()]
 
 
-# Spec fields that choose code (every Literal field must be here) and derived switches.
-CODE_FIELDS = {
-    "tpt": ("view_kind",), "ctpt": ("view_kind",), "zero": ("view_kind",), "mta": ("view_kind",),
-    "tda": ("view_kind",),
-    "metatpt": ("augment", "schedule", "order", "selection", "inner_step", "aux_loss",
-                "recompute_kept"),
-}
-SWITCHES = {
-    "tpt": lambda s: (), "ctpt": lambda s: (), "zero": lambda s: (), "mta": lambda s: (),
-    "tda": lambda s: (s.n_views > 1,),
-    # view_chunk splits only the inner step's gradient: the learned views' dual loop.
-    "metatpt": lambda s: (s.view_chunk > 0 and s.augment == "learned" and s.schedule == "dual_loop",
-                          s.generator.factor_shift, s.generator.use_feature),
-}
+def code_path(kind, spec) -> tuple:
+  """What decides which code runs (not the numbers it runs with): the kind and the spec's
+  declaration (`specs.Spec.code_path`)."""
+  return (kind,) if spec is None else (kind,) + spec.code_path()
 
 
-def _code_path(kind, spec) -> tuple:
-  """What decides which code runs (not the numbers it runs with)."""
-  if spec is None:
-    return (kind,)
-  return ((kind,) + tuple(getattr(spec, f) for f in CODE_FIELDS[kind])
-          + SWITCHES[kind](spec))
-
-
-def _tiny(kind, spec):
-  """The same code path at the test size: 8 views, 2 kept, one step (the scan over later steps
-  runs in tests/test_metatpt_variants.py and tests/test_tpt_parity_torch.py)."""
+def tiny(spec):
+  """The same code path at the test size, whatever the method: 8 views (1 stays 1), 2 kept, one
+  step (the scan over later steps runs in tests/test_metatpt_variants.py and
+  tests/test_tpt_parity_torch.py), chunks of 3 views, an 8-unit generator."""
   if spec is None:
     return spec
-  small = dict(n_views=8 if spec.n_views > 1 else 1, selection_ratio=0.25, steps=1)
-  if kind != "metatpt":
-    return spec.replace(**{k: v for k, v in small.items() if k in spec.field_names()})
-  del small["steps"]
-  chunked = spec.view_chunk and spec.augment == "learned" and spec.schedule == "dual_loop"
-  return spec.replace(outer_steps=1, inner_steps=min(spec.inner_steps, 1),
-                      view_chunk=3 if chunked else 0,
-                      generator=spec.generator._replace(hidden=8), **small)
+  names = spec.field_names()
+  small = dict(n_views=8 if getattr(spec, "n_views", 1) > 1 else 1, selection_ratio=0.25,
+               steps=1, outer_steps=1, inner_steps=min(getattr(spec, "inner_steps", 0), 1),
+               view_chunk=3 if getattr(spec, "view_chunk", 0) else 0)
+  if "generator" in names:
+    small["generator"] = spec.generator._replace(hidden=8)
+  return spec.replace(**{k: v for k, v in small.items() if k in names})
 
 
-def _paths():
+def code_paths(config_methods) -> dict:
+  """code path + (reads offline images,) -> (kind, spec, where) for (where, method config)
+  pairs: one entry per distinct path."""
   paths = {}
-  for cname, mname, mcfg in _config_methods():
+  for where, mcfg in config_methods:
     kind, spec = methods_lib.method_spec(mcfg)
     offline = registry.get(kind).offline_images(spec, mcfg)
-    paths.setdefault(_code_path(kind, spec) + (offline > 0,), (kind, spec, f"{cname} {mname}"))
+    paths.setdefault(code_path(kind, spec) + (offline > 0,), (kind, spec, where))
   return paths
 
 
-PATHS = _paths()
+def run_code_path(path, kind, spec, where):
+  """Runs one code path on a tiny CLIP through `adapt.make_step` on a one-device data mesh (as
+  the benchmark makes the step: shard_map's type rules apply), after the method's per-domain
+  `prepare` where the path reads offline images; checks the logits' shape and finiteness."""
+  spec = tiny(spec)
+  method = registry.get(kind)
+  frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
+  method_state = None if method.init_state is None else method.init_state(
+      jax.random.key(1), spec, h.TEST_ARCH, len(h.CLASS_NAMES))
+  state = adapt.AdaptState(frozen, method_state)
+  images = h.random_images(0, 1)
+  if path[-1]:  # a per-domain setup on unlabeled images first (MetaTPT's offline generator)
+    state = method.prepare(state, spec, mspec, images, None, jax.random.key(2))
+  batch = {"image": images, "index": jnp.arange(1)}
+  mesh = sharding.make_data_mesh(jax.devices()[:1])
+  _, out = adapt.make_step(kind, spec, mspec, mesh=mesh)(state, batch, jax.random.key(0))
+  assert out["logits"].shape == (1, len(h.CLASS_NAMES)), where
+  assert np.all(np.isfinite(np.asarray(out["logits"]))), where
 
 
-def test_every_variant_field_is_part_of_the_code_path():
-  for kind in registry.names():
-    spec_type = registry.get(kind).spec_type
-    if spec_type is not None:
-      assert set(specs.literal_fields(spec_type)) <= set(CODE_FIELDS[kind]), kind
+PATHS = code_paths((f"{cname} {mname}", mcfg) for cname, mname, mcfg in _config_methods())
 
 
 def test_every_registered_method_appears_in_some_config():
@@ -107,21 +105,4 @@ def test_every_registered_method_appears_in_some_config():
 
 @pytest.mark.parametrize("path", sorted(PATHS, key=str), ids=lambda p: "-".join(map(str, p)))
 def test_every_config_method_runs(path):
-  kind, spec, where = PATHS[path]
-  spec = _tiny(kind, spec)
-  method = registry.get(kind)
-  frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
-  phi = None if method.init_phi is None else method.init_phi(jax.random.key(1), spec,
-                                                             h.TEST_ARCH, len(h.CLASS_NAMES))
-  state = adapt.AdaptState(frozen, phi)
-  images = h.random_images(0, 1)
-  if path[-1]:  # a per-domain setup on unlabeled images first (MetaTPT's offline generator)
-    state = method.prepare(state, spec, mspec, images, None, jax.random.key(2))
-  batch = {"image": images, "index": jnp.arange(1)}
-  key = jax.random.key(0)
-  # The step as the benchmark makes it, on a one-device data mesh (shard_map's type rules
-  # apply); compiled without backend optimisations, as every test here (tests/conftest.py).
-  mesh = sharding.make_data_mesh(jax.devices()[:1])
-  _, out = adapt.make_step(kind, spec, mspec, mesh=mesh)(state, batch, key)
-  assert out["logits"].shape == (1, len(h.CLASS_NAMES)), where
-  assert np.all(np.isfinite(np.asarray(out["logits"]))), where
+  run_code_path(path, *PATHS[path])

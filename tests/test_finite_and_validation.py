@@ -50,7 +50,7 @@ def _meta_grads(frozen, phis, images, noise_keys, noise_scales, spec, mspec):
   def one(phi, image, key, noise_scale):
     feature0 = encode_images(frozen, image[None], mspec)[0]
     noise = noise_scale * gen.sample_noise(key, spec.n_views - 1)
-    ep = metatpt.Episode(image, feature0, noise)
+    ep = metatpt_inner.Episode(image, feature0, noise)
     meta = {"ctx": frozen.ctx_init, "phi": phi}
     return jax.value_and_grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec))(meta)
   return jax.vmap(one)(phis, images, noise_keys, noise_scales)

@@ -5,12 +5,15 @@ from the functions under test.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metatpt_jax import losses
+from metatpt_jax import losses, metatpt
+from metatpt_jax.errors import UserError
 
 # float32 on O(1) values: measured errors are <= 3e-7; 1e-6 is far below any effect checked.
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -33,6 +36,19 @@ def _entropy(p):
   p = np.asarray(p, np.float64)
   p = p[p > 0]
   return -np.sum(p * np.log(p))
+
+
+def _kl_from_view_0(logits):
+  """Mean over views 1.. of KL(p_0 || p_v), in float64 NumPy."""
+  x = np.asarray(logits, np.float64)
+  logp = x - x.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  return np.mean(np.sum(np.exp(logp[0]) * (logp[0] - logp[1:]), axis=-1))
+
+
+def _view_kl(logits):
+  """The library's "view_kl" inner objective on logits alone (the function under test)."""
+  return losses.INNER_OBJECTIVES["view_kl"].views_term(logits, None)
 
 
 def _random_logits(seed, shape, scale=2.0):
@@ -62,7 +78,7 @@ def test_peaked_prediction_has_near_zero_entropy(jit):
 @JIT
 def test_identical_views_have_zero_divergence(jit):
   logits = jnp.tile(jnp.array([0.3, -1.2, 2.0, 0.7, -0.4]), (V, 1))
-  for fn in (losses.kl_to_mean, losses.kl_from_reference):
+  for fn in (losses.kl_to_mean, _view_kl):
     np.testing.assert_allclose(_call(fn, logits, jit=jit), 0.0, atol=1e-6)
     # Control: different views give a divergence well above the tolerance.
     assert _call(fn, _random_logits(0, (V, C)), jit=jit) > 1e-2
@@ -79,17 +95,18 @@ def test_two_class_hand_example(jit):
   kl_ref = 0.75 * np.log(0.75 / 0.5) + 0.25 * np.log(0.25 / 0.5)      # 0.130812
   np.testing.assert_allclose(_call(losses.marginal_entropy, logits, jit=jit), marginal, **TOL)
   np.testing.assert_allclose(_call(losses.kl_to_mean, logits, jit=jit), kl_mean, **TOL)
-  np.testing.assert_allclose(_call(losses.kl_from_reference, logits, jit=jit), kl_ref, **TOL)
+  np.testing.assert_allclose(_call(_view_kl, logits, jit=jit), kl_ref, **TOL)
 
 
 @JIT
-def test_consistency_on_kept(jit):
+def test_marginal_entropy_and_consistency(jit):
   logits = _random_logits(1, (V, C))
   marginal = _call(losses.marginal_entropy, logits, jit=jit)
   kl = _call(losses.kl_to_mean, logits, jit=jit)
   assert kl > 1e-2  # so that the weight matters below
   for weight, expected in ((0.0, marginal), (2.5, marginal + 2.5 * kl)):
-    np.testing.assert_allclose(_call(losses.consistency_on_kept, logits, weight, jit=jit),
+    np.testing.assert_allclose(_call(losses.marginal_entropy_and_consistency, logits, weight,
+                                     jit=jit),
                                expected, **TOL)
 
 
@@ -107,10 +124,6 @@ def test_select_confident_picks_lowest_entropy_views(jit):
   logits = _scaled_views()
   idx = _call(losses.select_confident, logits, 3, jit=jit, static_argnums=1)
   np.testing.assert_array_equal(idx, CONFIDENT)
-  # consistency_loss is consistency_on_kept on exactly those views.
-  np.testing.assert_allclose(
-      _call(losses.consistency_loss, logits, 3, 0.5, jit=jit, static_argnums=(1, 2)),
-      _call(losses.consistency_on_kept, logits[np.array(CONFIDENT)], 0.5, jit=jit), **TOL)
 
 
 @JIT
@@ -158,60 +171,81 @@ def _logits_and_features():
   return _random_logits(6, (V, C)), _random_logits(7, (V, 16))
 
 
+PER_VIEW = sorted(k for k, o in losses.INNER_OBJECTIVES.items() if o.is_per_view)
+
+
 @JIT
-@pytest.mark.parametrize("name", sorted(losses.PER_VIEW_AUX))
-def test_per_view_aux_mean_equals_aux_loss(name, jit):
+@pytest.mark.parametrize("name", PER_VIEW)
+def test_per_view_terms_average_to_the_objective(name, jit):
+  objective = losses.INNER_OBJECTIVES[name]
   logits, feats = _logits_and_features()
-  per_view = _call(losses.PER_VIEW_AUX[name], logits[1:], feats[1:], logits[0], feats[0],
-                   jit=jit)
-  whole = _call(losses.AUX_LOSSES[name], logits, feats, jit=jit)
+  per_view = _call(objective.per_view, logits[1:], feats[1:], logits[0], feats[0], jit=jit)
+  whole = _call(objective.views_term, logits, feats, jit=jit)
   assert per_view.shape == (V - 1,)
   np.testing.assert_allclose(per_view.mean(), whole, **TOL)
   # As the chunked inner gradient sums it: chunks of 2 views (the last of 1), over V - 1 = 5.
   chunks = [
-      _call(losses.PER_VIEW_AUX[name], logits[s:s + 2], feats[s:s + 2], logits[0], feats[0],
+      _call(objective.per_view, logits[s:s + 2], feats[s:s + 2], logits[0], feats[0],
             jit=jit).sum() for s in range(1, V, 2)]
   np.testing.assert_allclose(np.sum(chunks) / (V - 1), whole, **TOL)
 
 
-def test_per_view_aux_matches_the_named_losses():
+def test_inner_objectives_have_their_named_values():
   logits, feats = _logits_and_features()
+  cosine = np.asarray(feats) / np.linalg.norm(np.asarray(feats), axis=-1, keepdims=True)
   expected = {
-      "view_kl": losses.kl_from_reference(logits),
-      "embedding_agreement": losses.embedding_disagreement(feats),
+      "view_kl": _kl_from_view_0(logits),
+      "embedding_agreement": np.mean(1.0 - cosine[1:] @ cosine[0]),
       "confident_agreement": (jnp.mean(losses.view_entropy(logits[1:]))
-                              + losses.kl_from_reference(logits)),
+                              + _kl_from_view_0(logits)),
+      "marginal_entropy": losses.marginal_entropy(logits),
   }
-  assert set(expected) == set(losses.PER_VIEW_AUX)
+  assert set(expected) == set(losses.INNER_OBJECTIVES)
   for name, value in expected.items():
-    np.testing.assert_allclose(losses.AUX_LOSSES[name](logits, feats), value, **TOL)
-  # Losses that read only logits accept feats=None.
-  np.testing.assert_allclose(losses.AUX_LOSSES["view_kl"](logits, None), expected["view_kl"],
+    objective = losses.INNER_OBJECTIVES[name]
+    np.testing.assert_allclose(objective.views_term(logits, feats), value, **TOL)
+    # The generator penalty enters with the objective's weight, in one place.
+    weighted = dataclasses.replace(objective, penalty_weight=2.5)
+    np.testing.assert_allclose(weighted.loss(logits, feats, 0.4), value + 1.0, **TOL)
+  # Objectives that do not read the prompt need no logits; those that read only logits no
+  # features.
+  no_prompt = losses.INNER_OBJECTIVES["embedding_agreement"]
+  assert not no_prompt.reads_prompt
+  np.testing.assert_allclose(no_prompt.views_term(None, feats), expected["embedding_agreement"],
                              **TOL)
+  np.testing.assert_allclose(losses.INNER_OBJECTIVES["view_kl"].views_term(logits, None),
+                             expected["view_kl"], **TOL)
+  assert "marginal_entropy" not in PER_VIEW
 
 
-def test_registries_agree():
-  assert set(losses.AUX_USES_PROMPT) == set(losses.AUX_LOSSES)
-  assert set(losses.PER_VIEW_AUX) < set(losses.AUX_LOSSES)
-  assert "marginal_entropy" not in losses.PER_VIEW_AUX
-  logits = _random_logits(8, (V, C))
-  np.testing.assert_allclose(losses.get_aux_loss("marginal_entropy")(logits, None),
-                             losses.marginal_entropy(logits), **TOL)
-  assert losses.get_per_view_aux_loss("view_kl") is losses.PER_VIEW_AUX["view_kl"]
+@pytest.mark.parametrize("names", [("view_kl", "embedding_agreement"),
+                                   ("view_kl", "marginal_entropy")])
+def test_switched_objective_is_the_indexed_one(names):
+  logits, feats = _logits_and_features()
+  objectives = [losses.INNER_OBJECTIVES[n] for n in names]
+  for index, objective in enumerate(objectives):
+    switched = jax.jit(lambda i, lg, f: losses.switched(objectives, i).views_term(lg, f))
+    np.testing.assert_allclose(switched(index, logits, feats),
+                               objective.views_term(logits, feats), **TOL)
+  assert losses.switched(objectives, 0).is_per_view == all(o.is_per_view for o in objectives)
 
 
-def test_unknown_aux_loss_names_the_choices():
-  with pytest.raises(ValueError, match="'no_such_loss'") as err:
-    losses.get_aux_loss("no_such_loss")
-  for name in losses.AUX_LOSSES:
+def test_an_unknown_inner_objective_names_the_choices():
+  with pytest.raises(UserError, match="'no_such_loss'") as err:
+    metatpt.MetaTPTSpec(aux_loss="no_such_loss")
+  for name in losses.INNER_OBJECTIVES:
     assert repr(name) in str(err.value)
 
 
-def test_marginal_entropy_has_no_per_view_form():
-  with pytest.raises(ValueError, match="'marginal_entropy'.*view_chunk=0") as err:
-    losses.get_per_view_aux_loss("marginal_entropy")
-  for name in losses.PER_VIEW_AUX:
-    assert repr(name) in str(err.value)
+def test_a_registered_inner_objective_becomes_a_valid_choice():
+  objective = losses.InnerObjective(per_view=lambda lg, f, ref_lg, ref_f: jnp.sum(f, axis=-1),
+                                    reads_prompt=False)
+  losses.register_inner_objective("feature_sum", objective)
+  try:
+    spec = metatpt.MetaTPTSpec(aux_loss="feature_sum", aux_penalty=0.5, view_chunk=4)
+    assert spec.inner_objective().penalty_weight == 0.5
+  finally:
+    del losses.INNER_OBJECTIVES["feature_sum"]
 
 
 # Class 1 is impossible in every view. For a logit of -inf its marginal log-probability is -inf,

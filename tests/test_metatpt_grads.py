@@ -6,7 +6,8 @@ import pytest
 from jax.test_util import check_grads
 
 from metatpt_jax import generator as gen
-from metatpt_jax import gradcheck, metatpt
+from metatpt_jax import gradcheck, metatpt, metatpt_inner
+from metatpt_jax.frozen_clip import encode_images
 from tests import method_helpers as h
 
 # float64 makes second-order finite differences meaningful (fp32 FD noise ~1e-3 would hide
@@ -23,8 +24,8 @@ SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
 def _setup(spec=SPEC):
   frozen, mspec = h.tiny_frozen(dtype=jnp.float64, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(jnp.float64)
-  feature0 = jax.lax.stop_gradient(metatpt.encode_images(frozen, image[None], mspec)[0])
-  ep = metatpt.Episode(image, feature0, gen.sample_noise(jax.random.key(4), spec.n_views - 1)
+  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+  ep = metatpt_inner.Episode(image, feature0, gen.sample_noise(jax.random.key(4), spec.n_views - 1)
                         .astype(jnp.float64))
   phi = h.init_phi(spec, dtype=jnp.float64, perturb=0.3)
   return frozen, mspec, ep, {"ctx": frozen.ctx_init, "phi": phi}
@@ -76,12 +77,12 @@ def test_first_order_gradient_is_outer_gradient_at_adapted_phi():
   # FOMAML: grad w.r.t. phi equals grad of the outer loss evaluated at phi' (identity Jacobian).
   spec = SPEC.replace(order="first")
   frozen, mspec, ep, meta = _setup(spec)
-  adapted = metatpt.inner_update(frozen, meta["phi"], meta["ctx"], ep, spec, mspec)
+  adapted = metatpt_inner.inner_update(frozen, meta["phi"], meta["ctx"], ep, spec, mspec)
   g1 = jax.grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec))(meta)
 
   def at_adapted(phi_prime):
-    feats, _ = metatpt.view_features(frozen, phi_prime, ep, spec, mspec)
-    return metatpt.consistency_and_keep(frozen, feats, meta["ctx"], spec, mspec)[0]
+    feats, _ = metatpt_inner.view_features(frozen, phi_prime, ep, spec, mspec)
+    return metatpt.outer_loss_on_features(frozen, feats, meta["ctx"], spec, mspec)[0]
   g_direct = jax.grad(at_adapted)(adapted)
   for a, b in zip(jax.tree.leaves(g1["phi"]), jax.tree.leaves(g_direct)):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

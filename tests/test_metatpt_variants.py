@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metatpt_jax import generator as gen
-from metatpt_jax import losses, metatpt
+from metatpt_jax import losses, metatpt, metatpt_inner, tpt
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.errors import UserError
 from tests.method_helpers import init_phi, random_images, tiny_frozen
@@ -24,7 +24,7 @@ def _adapt(spec, seed=0, logit_scale=30.0):
 
 
 def test_selection_once_equals_every_step_at_one_outer_step():
-  spec = SPEC.replace(augment="fixed")  # _tune's first step is shared by every augment
+  spec = SPEC.replace(augment="fixed")  # tune's first step is shared by every augment
   a, _ = _adapt(spec.replace(selection="every_step"))
   b, _ = _adapt(spec.replace(selection="first_step"))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -40,11 +40,15 @@ def test_selection_once_keeps_the_first_steps_views():
 
   @jax.jit
   def three_ways(feats):
-    loss = lambda m, k: metatpt.consistency_and_keep(frozen, feats, m["ctx"], spec, mspec, k)
-    _, keep = loss(meta, None)
-    once, _ = metatpt._tune(loss, meta, spec.outer_steps, opt, select_once=True)
-    fixed, _ = metatpt._tune(lambda m, k: loss(m, keep), meta, spec.outer_steps, opt)
-    every, _ = metatpt._tune(loss, meta, spec.outer_steps, opt, select_once=False)
+    def loss(m, k):
+      value, keep = metatpt.outer_loss_on_features(frozen, feats, m["ctx"], spec, mspec, k)
+      return value, (keep, None)
+
+    _, (keep, _) = loss(meta, None)
+    once, _ = tpt.tune(loss, meta, spec.outer_steps, opt, select_once=True)
+    fixed, _ = tpt.tune(lambda m, k: loss(m, keep), meta, spec.outer_steps, opt,
+                        select_once=False)
+    every, _ = tpt.tune(loss, meta, spec.outer_steps, opt, select_once=False)
     return once["ctx"], fixed["ctx"], every["ctx"]
 
   differs = []
@@ -61,9 +65,9 @@ def test_normalized_inner_step_has_length_inner_lr():
   spec = SPEC.replace(inner_step="normalized", inner_lr=0.5,
                        generator=gen.GeneratorSpec(factor_shift=True))
   image = random_images(1, 1)[0]
-  ep = metatpt.make_episode(frozen, image, jax.random.key(0), spec, mspec)
+  ep = metatpt_inner.make_episode(frozen, image, jax.random.key(0), spec, mspec)
   phi = init_phi(spec)
-  adapted = jax.jit(lambda f, p, e: metatpt.inner_update(f, p, f.ctx_init, e, spec, mspec))(
+  adapted = jax.jit(lambda f, p, e: metatpt_inner.inner_update(f, p, f.ctx_init, e, spec, mspec))(
       frozen, phi, ep)
   step = jax.tree.map(lambda a, b: a - b, adapted, phi)
   length = float(jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(step))))
@@ -101,7 +105,7 @@ def test_confident_agreement_values():
   c = 5
   same = jnp.tile(jnp.array([[4.0, 0, 0, 0, 0]]), (4, 1))
   uniform = jnp.zeros((4, c))
-  aux = losses.get_aux_loss("confident_agreement")
+  aux = losses.INNER_OBJECTIVES["confident_agreement"].views_term
   # identical views: no disagreement, only their entropy; uniform views: entropy log C
   np.testing.assert_allclose(aux(same, None), losses.view_entropy(same)[0], rtol=1e-6)
   np.testing.assert_allclose(aux(uniform, None), np.log(c), rtol=1e-6)

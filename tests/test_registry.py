@@ -1,23 +1,29 @@
 """Typed, self-checking specs and the one method registry (issue 14)."""
-import dataclasses
+import importlib
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from metatpt_jax import adapt, metatpt, registry, tpt
-from metatpt_jax.bench import defaults
+from metatpt_jax.bench import defaults, records
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
+from metatpt_jax.clip import checkpoint, config, model
 from metatpt_jax.errors import UserError
-from metatpt_jax.specs import Spec
 from tests import method_helpers as h
+from tests import test_every_method as every_method
 
-RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results"
+ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+RESULTS = pathlib.Path(ROOT) / "results"
 
 
 @pytest.mark.parametrize("spec_type,field,typo,valid", [
@@ -82,7 +88,7 @@ def test_committed_records_keep_their_fingerprints(settings_file):
     method = setting["method"]
     if method["spec"] is not None:
       spec_type = registry.get(method["kind"]).spec_type
-      if set(method["spec"]) - {"__type__"} != set(spec_type.field_names()) - {"view_chunk"}:
+      if set(method["spec"]) != set(fp_lib.result_fields(spec_type())):
         continue  # an older spec version (fields added since): computed afresh, by design
       spec = _spec_from_plain(method["kind"], method["spec"])
       assert fp_lib.result_fields(spec) == method["spec"], fingerprint
@@ -103,24 +109,102 @@ def test_unknown_config_fields_are_refused():
     methods_lib.method_spec(defaults.tpt_method(n_view=32))
 
 
-def test_a_new_method_is_one_registry_entry():
-  """Registering a method makes it a step (vmap, jit), a benchmark state and a config."""
-  @dataclasses.dataclass(frozen=True)
-  class ScaledSpec(Spec):
-    scale: float = 2.0
+TOY_METHOD = """
+import dataclasses
+from typing import Literal
 
-  def scaled_zero_shot(state, image, key, spec, mspec, source=None):
-    out, metrics = registry.zero_shot_one_sample(state, image, key, None, mspec, source)
-    return spec.scale * out, metrics
+from metatpt_jax import registry, specs
+from metatpt_jax.zero_shot import zero_shot_one_sample
 
-  registry.register(registry.Method("scaled_zero_shot", scaled_zero_shot, spec_type=ScaledSpec))
-  try:
-    kind, spec = methods_lib.method_spec(defaults.method_config("scaled_zero_shot", scale=3.0))
-    frozen, mspec = h.tiny_frozen()
-    batch = {"image": h.random_images(0, 2), "index": jnp.arange(2)}
-    state = adapt.AdaptState(frozen)
-    _, out = adapt.make_step(kind, spec, mspec)(state, batch, jax.random.key(0))
-    _, ref = adapt.make_step("zero_shot", None, mspec)(state, batch, jax.random.key(0))
-    np.testing.assert_allclose(out["logits"], 3.0 * ref["logits"], rtol=1e-6)
-  finally:
-    del registry.METHODS["scaled_zero_shot"]
+
+@dataclasses.dataclass(frozen=True)
+class ToySpec(specs.Spec):
+  scale: float = 2.0
+  mode: Literal["scale", "negate"] = "scale"
+
+
+def toy_one_sample(frozen, image, key, spec, mspec, source=None):
+  out, metrics = zero_shot_one_sample(frozen, image, key, None, mspec, source)
+  return (spec.scale if spec.mode == "scale" else -1.0) * out, metrics
+
+
+registry.register(registry.Method("toy", registry.stateless(toy_one_sample),
+                                  spec_type=ToySpec, group="baseline"))
+"""
+# A config of the user's own: it imports the module that registers the method.
+TOY_CONFIG = """
+import toy_method  # noqa: F401  registers "toy"
+from metatpt_jax.bench import defaults
+
+
+def get_config(arg=""):
+  c = defaults.base_config()
+  c.seeds = (0,)
+  c.batch_size = 2
+  c.data.cache_dir = ""
+  c.plot_views = False
+  c.progress_bar = False
+  c.methods = dict(zero_shot=defaults.method_config("zero_shot"),
+                   toy=defaults.method_config("toy", scale=3.0))
+  return c
+"""
+
+
+@pytest.fixture
+def toy_module(tmp_path, monkeypatch):
+  """A method module written here and imported (so registered), removed again afterwards."""
+  (tmp_path / "toy_method.py").write_text(TOY_METHOD)
+  (tmp_path / "toy_config.py").write_text(TOY_CONFIG)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  module = importlib.import_module("toy_method")
+  yield module
+  del registry.METHODS["toy"], sys.modules["toy_method"]
+
+
+def test_a_method_from_its_own_module_runs_everywhere(toy_module, tmp_path):
+  """No edit to registry.py, the tests or the configs: the module registers the method, and it
+  is a step (vmap, jit), a row of the config tables, a code path of the every-method test, and
+  a method of the benchmark command."""
+  assert registry.names()[-1] == "toy" and "toy" in registry.names("baseline")
+  assert "toy" in defaults.baselines()
+  kind, spec = methods_lib.method_spec(defaults.method_config("toy", scale=3.0))
+  frozen, mspec = h.tiny_frozen()
+  batch = {"image": h.random_images(0, 2), "index": jnp.arange(2)}
+  state = adapt.AdaptState(frozen)
+  _, out = adapt.make_step(kind, spec, mspec)(state, batch, jax.random.key(0))
+  _, ref = adapt.make_step("zero_shot", None, mspec)(state, batch, jax.random.key(0))
+  np.testing.assert_allclose(out["logits"], 3.0 * ref["logits"], rtol=1e-6)
+  # The every-method machinery: the spec's Literal field is part of the code path.
+  configs = [("toy scale", defaults.method_config("toy")),
+             ("toy negate", defaults.method_config("toy", mode="negate", scale=5.0)),
+             ("toy scale again", defaults.method_config("toy", scale=7.0))]
+  paths = every_method.code_paths(configs)
+  assert sorted(paths) == [("toy", "negate", False), ("toy", "scale", False)]
+  for path, (k, s, where) in paths.items():
+    every_method.run_code_path(path, k, s, where)
+  _toy_benchmark_run(tmp_path)
+
+
+def _toy_benchmark_run(tmp_path):
+  """metatpt-bench on the user's config (a tiny CLIP, an image folder): the toy's records
+  carry zero-shot's predictions (its logits are zero-shot's times 3)."""
+  arch = config.get_arch("tiny")
+  checkpoint.save_hf(model.init_params(jax.random.key(0), arch), arch, str(tmp_path / "ckpt"))
+  rng = np.random.default_rng(0)
+  for name in ("cat", "dog"):
+    (tmp_path / "images" / name).mkdir(parents=True)
+    for i in range(2):
+      pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "metatpt_jax.bench.cli", f"--config={tmp_path / 'toy_config.py'}",
+         f"--config.model.checkpoint={tmp_path / 'ckpt'}",
+         f"--config.data.domains=('folder:{tmp_path / 'images'}:clean',)",
+         "--config.data.num_images=4", f"--config.output_dir={out}"]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recs = records.RecordStore(str(out)).all()
+  by_method = {m: sorted((r["index"], r["prediction"]) for r in recs if r["method"] == m)
+               for m in ("zero_shot", "toy")}
+  assert len(by_method["toy"]) == 4 and by_method["toy"] == by_method["zero_shot"]

@@ -106,8 +106,9 @@ def test_tda_stream_on_a_tiny_clip_uses_the_images_and_views():
   keys = jax.random.split(jax.random.key(0), 6)
   for spec in (SPEC, SPEC.replace(n_views=8, selection_ratio=0.25, view_kind="random_crop")):
     cache = tda.init_cache(len(h.CLASS_NAMES), mspec.arch.embed_dim, spec)
-    cache, final, clip_logits = jax.jit(tda.tda_stream, static_argnums=(4, 5))(
-        cache, frozen, images, keys, spec, mspec)
+    cache, final, metrics = jax.jit(tda.tda_stream, static_argnums=(4, 5))(
+        frozen, cache, images, keys, spec, mspec)
+    clip_logits = metrics["zero_shot_logits"]
     assert final.shape == (6, len(h.CLASS_NAMES)) and int(cache.seen) == 6
     assert np.isfinite(np.asarray(final)).all()
     assert np.abs(np.asarray(final) - np.asarray(clip_logits)).max() > 1e-3

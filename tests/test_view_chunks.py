@@ -13,9 +13,10 @@ import pytest
 from jax.test_util import check_grads
 
 from metatpt_jax import generator as gen
-from metatpt_jax import losses, metatpt
+from metatpt_jax import losses, metatpt, metatpt_inner
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.errors import UserError
+from metatpt_jax.frozen_clip import encode_images
 from tests import method_helpers as h
 
 SPEC = metatpt.MetaTPTSpec(n_views=8, selection_ratio=0.5, inner_lr=0.5,
@@ -26,8 +27,8 @@ FD_EPS = 1e-7  # as tests/test_metatpt_grads.py: steps that stay inside one bili
 def _setup(dtype, spec=SPEC):
   frozen, mspec = h.tiny_frozen(dtype=dtype, logit_scale=np.log(10.0))
   image = h.random_images(3, 1)[0].astype(dtype)
-  feature0 = jax.lax.stop_gradient(metatpt.encode_images(frozen, image[None], mspec)[0])
-  ep = metatpt.Episode(image, feature0,
+  feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
+  ep = metatpt_inner.Episode(image, feature0,
                        gen.sample_noise(jax.random.key(4), spec.n_views - 1).astype(dtype))
   phi = h.init_phi(spec, dtype=dtype, perturb=0.3)
   return frozen, mspec, ep, {"ctx": frozen.ctx_init, "phi": phi}
@@ -82,11 +83,12 @@ def test_first_order_is_unchanged_by_chunks():
 def test_per_view_terms_average_to_the_aux_loss():
   logits = jax.random.normal(jax.random.key(0), (6, 5)) * 3
   feats = jax.random.normal(jax.random.key(1), (6, 4))
-  for name, per_view in losses.PER_VIEW_AUX.items():
-    terms = per_view(logits[1:], feats[1:], logits[0], feats[0])
-    assert terms.shape == (5,)
-    np.testing.assert_allclose(jnp.mean(terms), losses.get_aux_loss(name)(logits, feats),
-                               rtol=1e-6)
+  for name, objective in losses.INNER_OBJECTIVES.items():
+    if not objective.is_per_view:
+      continue
+    terms = objective.per_view(logits[1:], feats[1:], logits[0], feats[0])
+    assert terms.shape == (5,), name
+    np.testing.assert_allclose(jnp.mean(terms), objective.views_term(logits, feats), rtol=1e-6)
 
 
 def test_marginal_entropy_cannot_be_chunked():

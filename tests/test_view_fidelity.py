@@ -172,7 +172,7 @@ def test_tpt_on_full_image_matches_torch_on_pil_views(tmp_path):
       jax.random.split(key, spec.n_views - 1))
   boxes, flips = np.asarray(params[0]), np.asarray(params[1])
   pixels = _torchvision_views(image, size, boxes, flips)
-  ours_views = np.asarray(tpt.make_views(view0, key, spec, source))
+  ours_views = np.asarray(spec.make_views(view0, key, source))
   np.testing.assert_allclose(ours_views, pixels, atol=PIXEL_MAX + 1e-6)  # the pixels themselves
   ours_ctx, _ = feats_fn(frozen, jnp.asarray(ours_views))
   directory = checkpoint.save_hf(frozen.params, mspec.arch, tmp_path / "hf")

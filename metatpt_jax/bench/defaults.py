@@ -38,25 +38,27 @@ def metatpt_method(**overrides) -> ml_collections.ConfigDict:
   return method_config("metatpt", **overrides)
 
 
-def all_methods(**metatpt_overrides) -> ml_collections.ConfigDict:
-  """zero-shot, TPT, MetaTPT and each ablation in docs/METHOD.md."""
-  m = lambda **kw: metatpt_method(**{**metatpt_overrides, **kw})
-  return ml_collections.ConfigDict({
-      "zero_shot": method_config("zero_shot"),
-      "tpt": tpt_method(),
-      "metatpt": m(),
-      "metatpt_first_order": m(order="first"),
-      "metatpt_joint": m(schedule="joint"),
-      "metatpt_fixed_aug": m(augment="fixed"),
-      "metatpt_offline": m(augment="frozen"),
-  })
+def _with_variants(kinds, overrides_by_kind) -> ml_collections.ConfigDict:
+  """Each kind's config (with its overrides) and its registered variants (`Method.variants`)."""
+  out = {}
+  for kind in kinds:
+    extra = overrides_by_kind.get(kind, {})
+    out[kind] = method_config(kind, **extra)
+    for name, changes in registry.get(kind).variants.items():
+      out[name] = method_config(kind, **{**extra, **changes})
+  return ml_collections.ConfigDict(out)
+
+
+def all_methods(**overrides_by_kind) -> ml_collections.ConfigDict:
+  """The main methods (zero-shot, TPT, MetaTPT: `registry.names("main")`) and each one's
+  ablations (`Method.variants`); overrides_by_kind: kind -> field overrides for its rows."""
+  return _with_variants(registry.names("main"), overrides_by_kind)
 
 
 def baselines(**overrides_by_kind) -> ml_collections.ConfigDict:
-  """The field's test-time baselines at their authors' defaults: ZERO, C-TPT, MTA and TDA."""
-  return ml_collections.ConfigDict({
-      kind: method_config(kind, **overrides_by_kind.get(kind, {}))
-      for kind in ("zero", "ctpt", "mta", "tda")})
+  """The field's test-time baselines at their authors' defaults (`registry.names("baseline")`:
+  C-TPT, ZERO, MTA, TDA) and their variants."""
+  return _with_variants(registry.names("baseline"), overrides_by_kind)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -29,12 +29,18 @@ EXECUTION_FIELDS = ("view_chunk",)
 
 
 def result_fields(spec) -> Any:
-  """`spec` in plain form without its EXECUTION_FIELDS (None stays None)."""
+  """`spec` in plain form without its EXECUTION_FIELDS, and without its `later_fields` while
+  they hold their defaults (fields added after records were made, whose defaults compute what
+  those records did: the records keep their fingerprints). None stays None."""
   if spec is None:
     return None
   fields = plain(spec)
   for name in EXECUTION_FIELDS:
     fields.pop(name, None)
+  defaults = type(spec)()
+  for name in getattr(spec, "later_fields", ()):
+    if getattr(spec, name) == getattr(defaults, name):
+      fields.pop(name)
   return fields
 
 

@@ -43,12 +43,13 @@ def domain_key(seed: int, domain: str) -> jax.Array:
 
 
 def build_state(params, arch, class_names, prompt_cfg, kind, spec, seed) -> adapt.AdaptState:
-  """AdaptState for one label set: prompt bank, initial context and the method's initial phi."""
+  """AdaptState for one label set: prompt bank, initial context and the method's initial
+  per-domain state (`registry.Method.init_state`)."""
   bank = prompts.build_prompt_bank(params, arch, class_names, prompt_cfg.n_ctx)
   init = prompt_cfg.init or None
   ctx = prompts.init_context(params, arch, n_ctx=prompt_cfg.n_ctx, init=init,
                              key=jax.random.key(seed))
-  init_phi = registry.get(kind).init_phi
-  phi = None if init_phi is None else init_phi(
+  init_state = registry.get(kind).init_state
+  method_state = None if init_state is None else init_state(
       jax.random.fold_in(jax.random.key(seed), 1), spec, arch, len(class_names))
-  return adapt.AdaptState(FrozenCLIP(params, bank, ctx), phi)
+  return adapt.AdaptState(FrozenCLIP(params, bank, ctx), method_state)

@@ -45,14 +45,18 @@ def _read_lines(path: str, repair: bool) -> list[dict]:
 class RecordStore:
   """All records of a benchmark directory; appends go to this process's own file."""
 
-  def __init__(self, directory: str, process_index: int = 0, process_count: int = 1):
+  def __init__(self, directory: str, process_index: int = 0, process_count: int = 1,
+               read_only: bool = False):
+    """read_only: only read (a reader beside a running benchmark must not cut the line that
+    the benchmark is writing, as the repair of this process's own file would)."""
     self.directory = directory
-    os.makedirs(directory, exist_ok=True)
+    if not read_only:
+      os.makedirs(directory, exist_ok=True)
     self.path = os.path.join(directory, file_name(process_index, process_count))
     self.records: dict[tuple, dict] = {}
     self.legacy = 0  # records without a fingerprint: ignored
     for path in sorted(glob.glob(os.path.join(directory, PATTERN))):
-      for rec in _read_lines(path, repair=path == self.path):
+      for rec in _read_lines(path, repair=path == self.path and not read_only):
         if "fingerprint" not in rec:
           self.legacy += 1
           continue

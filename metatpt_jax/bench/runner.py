@@ -160,7 +160,7 @@ def _note_other_settings(job: Job, store, settings: Settings) -> None:
 
 
 class StreamCheckpoints:
-  """An online method's carried state (`AdaptState.phi`) after each batch of a cell, saved
+  """An online method's carried state (`AdaptState.method_state`) after each batch of a cell, saved
   before that batch's records are appended, so a killed run resumes from the state after
   exactly the samples it has records for (the last two are kept)."""
 
@@ -178,24 +178,24 @@ class StreamCheckpoints:
               if name.startswith(self.prefix) and name.endswith(".npz")]
     return sorted(int(c) for c in counts if c.isdigit())
 
-  def save(self, phi, seen: int) -> None:
+  def save(self, method_state, seen: int) -> None:
     os.makedirs(self.directory, exist_ok=True)
     tmp = self._path(seen) + ".tmp.npz"
-    np.savez(tmp, *[np.asarray(x) for x in jax.tree.leaves(phi)])
+    np.savez(tmp, *[np.asarray(x) for x in jax.tree.leaves(method_state)])
     os.replace(tmp, self._path(seen))
     for old in self._saved()[:-2]:  # keep the last two: this batch's and the one before
       os.remove(self._path(old))
 
-  def load(self, phi, seen: int):
-    """The state after the first `seen` samples (`phi` itself when seen is 0)."""
+  def load(self, initial, seen: int):
+    """The state after the first `seen` samples (`initial` itself when seen is 0)."""
     if seen == 0:
-      return phi
+      return initial
     if not os.path.exists(self._path(seen)):
       raise UserError(f"{seen} records of this online cell exist but not the state after them "
                       f"({self._path(seen)}); delete the cell's records to stream it afresh.")
     with np.load(self._path(seen)) as saved:
       leaves = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    return jax.tree.unflatten(jax.tree.structure(phi), leaves)
+    return jax.tree.unflatten(jax.tree.structure(initial), leaves)
 
 
 def _batches(todo, batch_size, online: bool):
@@ -223,7 +223,8 @@ def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=Fal
       raise UserError(f"The records of online cell {job.method} on {job.domain.name} are not a "
                       "prefix of its stream; delete them to stream it afresh.")
     checkpoints = StreamCheckpoints(directory, job)
-    state = state._replace(phi=checkpoints.load(state.phi, len(mine) - len(todo)))
+    state = state._replace(method_state=checkpoints.load(state.method_state,
+                                                         len(mine) - len(todo)))
   key = methods_lib.domain_key(job.seed, job.domain.name)
   data_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
   for real, padded in _batches(todo, batch_size, online):
@@ -231,7 +232,7 @@ def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=Fal
     batch = jax.device_put(batch, data_sharding)
     state, metrics = step(state, batch, key)
     if online:
-      checkpoints.save(state.phi, int(np.searchsorted(mine, real[-1])) + 1)
+      checkpoints.save(state.method_state, int(np.searchsorted(mine, real[-1])) + 1)
     logits = np.asarray(metrics["logits"])[:len(real)]  # padding is never recorded
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     recs = []
@@ -331,7 +332,7 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   if pid != 0:
     return ""
   # Only this run's cells: the directory may also hold other settings, seeds or methods.
-  mine = records_lib.RecordStore(cfg.output_dir).of_cells(fingerprints)
+  mine = records_lib.RecordStore(cfg.output_dir, read_only=True).of_cells(fingerprints)
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
                               cfg.to_json_best_effort())
   if cfg.plot_views:
@@ -360,7 +361,7 @@ def _plot_views_of(cfg, params, arch, mspec, name, kind, spec, pairs_fn, num_sam
     inputs = domains_lib.batch_inputs(domain, np.array([i]))
     source = _sources(inputs)
     source = None if source is None else jax.tree.map(lambda x: x[0], source)
-    pairs.append(pairs_fn(state.frozen, state.phi, jnp.asarray(inputs["image"][0]),
+    pairs.append(pairs_fn(state.frozen, state.method_state, jnp.asarray(inputs["image"][0]),
                           jax.random.fold_in(key, i), spec, mspec, source))
   before = np.stack([np.asarray(b[:num_views]) for b, _ in pairs])
   after = np.stack([np.asarray(a[:num_views]) for _, a in pairs])

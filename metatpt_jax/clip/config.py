@@ -78,6 +78,12 @@ PRESETS = {
     "small": CLIPArch(
         vision=VisionArch(image_size=32, patch_size=8, width=128, layers=4, heads=4),
         text=TextArch(context_length=32, width=64, layers=4, heads=4), embed_dim=128),
+    # For inspecting gradients (notebook 01, the gradient tests): second-order gradients in
+    # float64 compile and run in seconds on a CPU; 16 tokens fit "a photo of a <class>." for
+    # short class names. With random weights: it is for gradients, not accuracy.
+    "micro": CLIPArch(
+        vision=VisionArch(image_size=16, patch_size=8, width=32, layers=2, heads=2),
+        text=TextArch(context_length=16, width=32, layers=2, heads=2), embed_dim=16),
     # Test-only sizes: the real vocabulary and context, so tokenizer output fits unchanged.
     "tiny": CLIPArch(
         vision=VisionArch(image_size=32, patch_size=8, width=64, layers=2, heads=4),
