@@ -1,9 +1,14 @@
 """Errors a person can fix, and how commands report them.
 
 `UserError` marks bad input (a config field, a domain, a checkpoint, a data set, an image, a
-method spec): its message says what is wrong and how to fix it. Commands print it as one line on
-stderr and exit with status 2 (`report_and_exit`); METATPT_DEBUG=1 (or `--debug`) shows the
-traceback instead. It subclasses ValueError, so library callers that catch ValueError still do.
+method spec, a benchmark output directory): its message is one line saying what is wrong and how
+to fix it. The commands (metatpt-bench, metatpt-pretrain, metatpt-export and
+`python -m metatpt_jax.bench.summarize`) run inside `report_user_errors`, which prints a
+UserError or an OSError (a missing or unwritable path) as one line on stderr and exits with
+status 2; METATPT_DEBUG=1 (or `--debug` on metatpt-bench and metatpt-pretrain) shows the
+traceback instead. Any other exception is a
+bug and keeps its traceback. UserError subclasses ValueError, so library callers that catch
+ValueError still do.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatpt_jax.clip.config import IMAGE_MEAN, IMAGE_STD
+from metatpt_jax.errors import UserError
 
 
 def clip_normalize(images, xp=jnp):
@@ -31,23 +32,28 @@ def _host_pieces(images):
 
 
 def check_images(images, image_size: int, batched: bool) -> None:
-  """Rejects malformed or non-finite images on the host, before any compiled work starts."""
+  """Rejects malformed or non-finite images on the host, before any compiled work starts.
+
+  Raises `UserError` (a ValueError): a bad image is the caller's input to fix, so commands
+  report it as one line (`errors.report_user_errors`) rather than a traceback.
+  """
   shape, dtype = tuple(np.shape(images)), np.dtype(getattr(images, "dtype", np.float64))
   want = f"[{'N, ' if batched else ''}{image_size}, {image_size}, 3] float in [0, 1]"
   if len(shape) != (4 if batched else 3) or shape[-3:] != (image_size, image_size, 3):
-    raise ValueError(f"images have shape {shape}; expected {want} (resize and centre-crop "
-                     "with metatpt_jax.clip.preprocess first).")
+    raise UserError(f"images have shape {shape}; expected {want} (resize and centre-crop "
+                    "with metatpt_jax.clip.preprocess first).")
   if not np.issubdtype(dtype, np.floating):
-    raise TypeError(f"images have dtype {dtype}; expected {want} (divide uint8 by 255).")
+    raise UserError(f"images have dtype {dtype}; expected {want} (convert to float: divide "
+                    "0-255 images by 255).")
   for offset, arr in _host_pieces(images):
     arr = arr if batched else arr[None]
     bad = ~np.isfinite(arr).reshape(arr.shape[0], -1).all(-1)
     if bad.any():
       where = (np.flatnonzero(bad)[:10] + offset).tolist()
-      raise ValueError(f"images contain NaN/Inf values (samples {where}); nothing was run. "
-                       "Fix or drop those images.")
+      raise UserError(f"images contain NaN/Inf values (samples {where}); nothing was run. "
+                      "Fix or drop those images.")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -1e-3 or hi > 1 + 1e-3:  # bilinear/bicubic resampling may overshoot by a hair
-      raise ValueError(f"image values span [{lo:.3g}, {hi:.3g}]; expected {want} (for 0-255 "
-                       "images divide by 255; pass unnormalised images, CLIP normalisation is "
-                       "applied inside).")
+      raise UserError(f"image values span [{lo:.3g}, {hi:.3g}]; expected {want} (for 0-255 "
+                      "images divide by 255; pass unnormalised images, CLIP normalisation is "
+                      "applied inside).")

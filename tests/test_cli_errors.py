@@ -3,6 +3,7 @@
 Each probe is a mistake a person makes (a config field, a domain, a checkpoint, a data set, an
 image folder, a method spec); the line must name the problem. The probes run in forked children
 of one process (tests/scripts/cli_probes.py), so the whole table costs one JAX import.
+`metatpt-pretrain` reports its bad input the same way; its probes fail before any training.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def files(tmp_path_factory):
 
 
 def _base(files, *extra):
-  return [f"--config={ROOT}/configs/bench_tiny.py:tpt", f"--config.model.checkpoint={files / 'ckpt'}",
+  return [f"--config={ROOT}/configs/bench_tiny.py:tpt",
+          f"--config.model.checkpoint={files / 'ckpt'}",
           f"--config.data.domains=('folder:{files / 'good'}:clean',)",
           f"--config.output_dir={files / 'out'}", *extra]
 
@@ -126,6 +128,42 @@ def test_debug_flag_shows_the_traceback(files, tmp_path):
                          *_base(files, "--config.batch_size=0"), "--debug"], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+PRETRAIN_PROBES = [
+    ("unknown field", ["{config}", "--config.no_such_field=1"],
+     ["--config.no_such_field", "no such config field"]),
+    ("missing config file", ["--config={root}/configs/nope.py"], ["nope.py", "does not exist"]),
+    ("batch size 0", ["{config}", "--config.batch_size=0"], ["--config.batch_size=0", "positive"]),
+    ("workdir under a file", ["{config}", "--config.workdir={tmp}/file/run"],
+     ["--config.workdir", "writable directory"]),
+]
+
+
+def _pretrain(args, tmp_path):
+  (tmp_path / "file").write_text("a file where the workdir's parent should be")
+  subs = dict(config=f"--config={ROOT}/configs/pretrain_small.py:tiny", root=ROOT, tmp=tmp_path)
+  return subprocess.run([sys.executable, "-m", "metatpt_jax.pretrain.cli",
+                         *[a.format(**subs) for a in args]], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+@pytest.mark.parametrize("args, words", [p[1:] for p in PRETRAIN_PROBES],
+                         ids=[p[0] for p in PRETRAIN_PROBES])
+def test_pretrain_user_error_is_one_line_with_exit_2(args, words, tmp_path):
+  proc = _pretrain(args, tmp_path)
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2, (proc.returncode, proc.stderr)
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert len(lines) == 1 and lines[0].startswith("metatpt-pretrain: error: "), lines
+  for word in words:
+    assert word in lines[0], (word, lines[0])
+  assert not (tmp_path / "file" / "run").exists() and not proc.stdout  # nothing was started
+
+
+def test_pretrain_debug_flag_shows_the_traceback(tmp_path):
+  proc = _pretrain(["{config}", "--config.batch_size=0", "--debug"], tmp_path)
+  assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
 
 
 def test_metatpt_without_a_generator_says_how_to_make_one():

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metatpt_jax import adapt, metatpt, tpt
+from metatpt_jax import adapt, image_ops, metatpt, metatpt_inner, tpt
 from metatpt_jax import generator as gen
+from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import encode_images
 from tests import method_helpers as h
 
@@ -108,7 +109,7 @@ def test_non_finite_images_are_rejected_before_any_work(method, bad_value, froze
   step, state = _fresh_step(method, frozen_and_spec)
   images = np.asarray(h.random_images(0, 6)).copy()
   images[4, 3, 5, 1] = bad_value
-  with pytest.raises(ValueError, match=r"NaN/Inf.*samples \[4\]"):
+  with pytest.raises(UserError, match=r"NaN/Inf.*samples \[4\]"):
     _call(step, state, images)
   assert step.jitted._cache_size() == 0  # nothing was traced, compiled or run
 
@@ -117,7 +118,7 @@ def test_non_finite_error_names_every_bad_sample(frozen_and_spec):
   step, state = _fresh_step("tpt", frozen_and_spec)
   images = np.asarray(h.random_images(0, 6)).copy()
   images[1, 0, 0, 0], images[5, 2, 2, 2] = np.nan, np.inf
-  with pytest.raises(ValueError, match=r"NaN/Inf.*samples \[1, 5\]"):
+  with pytest.raises(UserError, match=r"NaN/Inf.*samples \[1, 5\]"):
     _call(step, state, jnp.asarray(images))  # device arrays too
   assert step.jitted._cache_size() == 0
 
@@ -135,7 +136,7 @@ EXPECTED = rf"expected \[N, {S}, {S}, 3\] float in \[0, 1\]"
 def test_wrong_rank_or_size_is_rejected_naming_the_expected_shape(shape, frozen_and_spec):
   step, state = _fresh_step("tpt", frozen_and_spec)
   images = np.zeros(shape, np.float32)
-  with pytest.raises(ValueError, match=rf"shape {re_tuple(shape)}; {EXPECTED}"):
+  with pytest.raises(UserError, match=rf"shape {re_tuple(shape)}; {EXPECTED}"):
     step(state, {"image": images, "index": np.arange(shape[0], dtype=np.int32)},
          jax.random.key(0))
   assert step.jitted._cache_size() == 0
@@ -145,9 +146,28 @@ def test_wrong_rank_or_size_is_rejected_naming_the_expected_shape(shape, frozen_
 def test_wrong_dtype_is_rejected_naming_the_expected_input(dtype, frozen_and_spec):
   step, state = _fresh_step("tpt", frozen_and_spec)
   images = np.zeros((2, S, S, 3), dtype)
-  with pytest.raises(TypeError, match=rf"dtype {np.dtype(dtype).name}; {EXPECTED}"):
+  # UserError (a ValueError), not TypeError: a wrong dtype is input the caller fixes, and
+  # commands report UserErrors as one line.
+  with pytest.raises(UserError, match=rf"dtype {np.dtype(dtype).name}; {EXPECTED}"):
     _call(step, state, images)
   assert step.jitted._cache_size() == 0
+
+
+@pytest.mark.parametrize("images, words", [
+    (np.zeros((2, S, S), np.float32), [f"shape (2, {S}, {S})", "preprocess"]),
+    (np.zeros((2, S, S, 3), np.uint8), ["dtype uint8", "divide 0-255 images by 255"]),
+    (np.full((2, S, S, 3), np.nan, np.float32), ["NaN/Inf", "samples [0, 1]", "drop"]),
+    (np.full((2, S, S, 3), 255.0, np.float32), ["span [255, 255]", "divide by 255"]),
+])
+def test_each_image_error_is_one_user_error_line(images, words):
+  """Commands print a UserError as one line (errors.report_user_errors), so each check's message
+  must be a single line that names the problem and the fix."""
+  with pytest.raises(UserError) as info:
+    image_ops.check_images(images, S, batched=True)
+  message = str(info.value)
+  assert "\n" not in message
+  for word in words:
+    assert word in message, (word, message)
 
 
 def re_tuple(shape):

@@ -1,7 +1,13 @@
-"""Accuracy/ECE aggregation and the partial-results filter."""
-import numpy as np
+"""Accuracy/ECE aggregation, the tables' captions and the partial-results filter."""
+from __future__ import annotations
 
-from metatpt_jax.bench import report, summarize
+import json
+
+import numpy as np
+import pytest
+
+from metatpt_jax.bench import records, report, summarize
+from metatpt_jax.errors import UserError
 
 
 def _rec(method, seed, index, correct, confidence, domain="d"):
@@ -23,7 +29,10 @@ def test_summary_mean_and_std_over_seeds():
   mean, std = table["m"]["d/acc"]
   np.testing.assert_allclose(mean, 50.0)
   np.testing.assert_allclose(std, np.std([75.0, 25.0], ddof=1))
-  assert "| m | 50.0 ± 35.4 |" in report.markdown_table(table, ["m"], ["d"], "acc")
+  text = report.markdown_table(table, ["m"], ["d"], "acc")
+  assert "| m | 50.0 ± 35.4 |" in text
+  caption = text.splitlines()[0]  # the line above the table says what ± is
+  assert "± sample standard deviation over seeds (2 seeds per cell)" in caption
 
 
 def test_incomplete_cells_are_left_out():
@@ -36,7 +45,9 @@ def test_one_seed_shows_no_spread():
   recs = [_rec("m", 0, i, i < 3, 0.8) for i in range(4)]
   table = report.summary(report.aggregate(recs), ["m"], ["d"])
   assert table["m"]["d/acc"] == (75.0, None)
-  assert "| m | 75.0 | 75.0 |" in report.markdown_table(table, ["m"], ["d"], "acc")
+  text = report.markdown_table(table, ["m"], ["d"], "acc")
+  assert "| m | 75.0 | 75.0 |" in text
+  assert "±" not in text and "one seed" in text.splitlines()[0]
 
 
 def test_paired_differences_and_interval():
@@ -52,6 +63,10 @@ def test_paired_differences_and_interval():
   np.testing.assert_allclose(half, 1.959964 * d.std(ddof=1) / 2)
   assert n == 4 and diffs["m"]["mean"] == diffs["m"]["d"]
   assert "zero_shot" not in diffs
+  caption, header, _, row = report.paired_table(diffs, ["d"]).splitlines()
+  assert "± half-width of the 95 % normal interval" in caption and "4 pairs per domain" in caption
+  assert header.startswith("| method minus zero_shot")
+  assert row == f"| m | +25.0 ± {half:.1f} | +25.0 ± {half:.1f} |"  # cells parse as before
 
 
 def test_domain_labels_tell_sources_apart():
@@ -79,3 +94,55 @@ def test_settings_are_labelled_across_domains_and_seeds_not_per_cell():
   assert {r["method"] for r in summarize.label_settings(one, settings)} == {"tpt"}
   # without settings.json every fingerprint stays apart (never mixed)
   assert len({r["method"] for r in summarize.label_settings(recs)}) == 8
+
+
+def _write_output_dir(path, num_images, sizes):
+  """A tiny output_dir: records of two methods x two domains (one seed) and their settings;
+  `sizes[(method, domain)]` records per cell, `num_images` each setting's image count."""
+  settings, recs = {}, []
+  for method in ("zero_shot", "tpt"):
+    for domain in ("a", "b"):
+      fp = f"{method}-{domain}"
+      settings[fp] = dict(method=dict(kind=method), seed=0,
+                          data=dict(domain=domain, class_names=[domain], num_images=num_images))
+      recs += [dict(_rec(method, 0, i, i % 2 == 0, 0.7, domain), fingerprint=fp)
+               for i in range(sizes.get((method, domain), num_images))]
+  (path / records.SETTINGS_FILE).write_text(json.dumps(settings))
+  (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_summarize_takes_each_cells_image_count_from_the_settings(tmp_path, capsys):
+  # 1,000 images per cell as in the v2 benchmark (more than the old --num-images default, 500);
+  # one cell stopped part way.
+  _write_output_dir(tmp_path, 1000, {("tpt", "b"): 600})
+  summarize.main([str(tmp_path)])
+  out = capsys.readouterr().out
+  assert out.startswith("complete cells only: 3 of 4;") and "images per cell 1000" in out
+  assert "| zero_shot | 50.0 | 50.0 | 50.0 |" in out
+  assert "| tpt | 50.0 |  |  |" in out  # domain b is partial: no cell, so no mean either
+  summarize.main([str(tmp_path), "--num-images", "600"])  # the override still counts
+  assert "complete cells only: 1 of 4;" in capsys.readouterr().out
+
+
+def test_summarize_without_an_image_count_says_so_in_one_line(tmp_path, capsys):
+  _write_output_dir(tmp_path, 4, {})
+  (tmp_path / records.SETTINGS_FILE).unlink()
+  with pytest.raises(SystemExit) as info:
+    summarize.main([str(tmp_path)])
+  err = capsys.readouterr().err.strip()
+  assert info.value.code == 2 and len(err.splitlines()) == 1
+  assert "no settings.json" in err and "--num-images" in err
+  with pytest.raises(UserError, match="no image count in settings.json.*--num-images"):
+    summarize.complete_records([dict(_rec("m", 0, 0, True, 0.9), fingerprint="x")], None, {})
+
+
+def test_a_read_only_store_leaves_a_line_being_written_alone(tmp_path):
+  """summarize reads beside a running benchmark: it must not cut the line the benchmark is
+  writing (the writer's own store repairs a cut line when it reopens after a kill)."""
+  path = tmp_path / records.file_name()
+  whole = json.dumps(dict(fingerprint="f", method="tpt", domain="d", seed=0, index=0)) + "\n"
+  path.write_text(whole + '{"fingerprint": "f", "meth')
+  assert len(records.RecordStore(str(tmp_path), read_only=True).all()) == 1
+  assert path.read_text().endswith('"meth')
+  assert len(records.RecordStore(str(tmp_path)).all()) == 1  # the writer repairs it
+  assert path.read_text() == whole

@@ -25,7 +25,7 @@ from metatpt_jax import cli_util, errors
 PROGRAM = "metatpt-bench"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
-_EXAMPLE = "metatpt-bench --config configs/bench_v1.py:demo [--config.<field>=<value> ...]"
+_EXAMPLE = "metatpt-bench --config configs/bench_v2.py:demo [--config.<field>=<value> ...]"
 
 
 def main(argv=None):

@@ -45,7 +45,10 @@ def _mean_std(values):
 
 
 def summary(agg: dict, methods: list[str], domains: list[str]) -> dict:
-  """Per (method, domain): mean and std over seeds; per method: mean over domains per seed."""
+  """Per (method, domain): mean and std over seeds; per method: mean over domains per seed.
+
+  `<column>/seeds` holds how many seeds each cell's spread is over, for the table's caption.
+  """
   table = {}
   for method in methods:
     row = {}
@@ -56,29 +59,61 @@ def summary(agg: dict, methods: list[str], domains: list[str]) -> dict:
         continue
       for metric in ("acc", "ece"):
         row[f"{domain}/{metric}"] = _mean_std([s[metric] for s in seeds.values()])
+      row[f"{domain}/seeds"] = len(seeds)
       for seed, s in seeds.items():
         per_seed_means[seed].append(s["acc"])
     complete = [np.mean(v) for v in per_seed_means.values() if len(v) == len(domains)]
     if complete:
       row["mean/acc"] = _mean_std(complete)
+      row["mean/seeds"] = len(complete)
     table[method] = row
   return table
 
 
+METRIC_NAMES = {"acc": "top-1 accuracy (%)",
+                "ece": f"expected calibration error (%, {ECE_BINS} confidence bins)"}
+
+
+def _count_text(counts: set[int]) -> str:
+  return str(min(counts)) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
+
+
+def spread_caption(metric: str, seed_counts: set[int]) -> str:
+  """The line above a mean-over-seeds table that says what its ± is (one seed: no ± shown).
+
+  `seed_counts`: the numbers of seeds behind the table's cells; 0 stands for "several, number
+  unknown" (a table without `<column>/seeds`)."""
+  name = METRIC_NAMES[metric]
+  if not seed_counts:
+    return f"{name}: no cells."
+  if max(seed_counts) == 1:
+    return f"{name}, one seed per cell, so no spread over seeds is shown."
+  known = seed_counts - {0}
+  count = f" ({_count_text(known)} seeds per cell)" if known and 0 not in seed_counts else ""
+  text = f"{name}: mean over seeds ± sample standard deviation over seeds{count}"
+  text += "; a cell of one seed shows its value alone." if 1 in seed_counts else "."
+  if metric == "acc":
+    text += " Column mean: per seed the mean over domains, then mean ± sd over seeds."
+  return text
+
+
 def markdown_table(table: dict, methods: list[str], domains: list[str], metric: str) -> str:
+  """A caption line saying what ± is, then the table (cells "mean" or "mean ± sd")."""
   cols = domains + (["mean"] if metric == "acc" else [])
   lines = [f"| method ({metric} %) | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
+  seed_counts = set()
   for method in methods:
     cells = []
     for col in cols:
       cell = table.get(method, {}).get(f"{col}/{metric}")
       if cell is None:
         cells.append("")
-      else:
-        cells.append(f"{cell[0]:.1f}" if cell[1] is None else f"{cell[0]:.1f} ± {cell[1]:.1f}")
+        continue
+      cells.append(f"{cell[0]:.1f}" if cell[1] is None else f"{cell[0]:.1f} ± {cell[1]:.1f}")
+      seed_counts.add(table[method].get(f"{col}/seeds", 1 if cell[1] is None else 0))
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return "\n".join([spread_caption(metric, seed_counts)] + lines)
 
 
 Z95 = 1.959964  # two-sided 95 % normal quantile
@@ -116,14 +151,26 @@ def _mean_ci(d):
   return float(d.mean()), float(half), int(len(d))
 
 
+def paired_caption(diffs: dict, domains, baseline: str = "zero_shot") -> str:
+  """The line above a paired table that says what its ± is and over how many pairs."""
+  per_domain = {row[c][2] for row in diffs.values() for c in domains if c in row}
+  pooled = {row["mean"][2] for row in diffs.values() if "mean" in row}
+  counts = (f" ({_count_text(per_domain)} pairs per domain, {_count_text(pooled)} in mean)"
+            if per_domain and pooled else "")
+  return (f"method minus {baseline}, in accuracy points: mean paired difference ± half-width of "
+          f"the 95 % normal interval over the paired samples{counts}; a pair is one image of "
+          "one seed under both methods, seeds pooled.")
+
+
 def paired_table(diffs: dict, domains, baseline: str = "zero_shot") -> str:
+  """A caption line saying what ± is, then the table (cells "+d.d ± h.h")."""
   cols = domains + ["mean"]
   lines = [f"| method minus {baseline} (points, 95 % CI) | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
   for method, row in diffs.items():
     cells = [f"{row[c][0]:+.1f} ± {row[c][1]:.1f}" if c in row else "" for c in cols]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return "\n".join([paired_caption(diffs, domains, baseline)] + lines)
 
 
 def write_outputs(output_dir: str, records: list[dict], methods, domains, config_json: str):

@@ -1,11 +1,15 @@
 """Tables from a benchmark's samples.jsonl, also while it runs or after it was interrupted.
 
-    python -m metatpt_jax.bench.summarize runs/bench_small [--num-images 500] [--baseline tpt]
+    python -m metatpt_jax.bench.summarize runs/bench_small_v2_test [--baseline tpt]
+        [--num-images N]
 
-Only complete cells count -- (setting fingerprint, method, domain, seed) with --num-images
-records -- so a partly processed cell never enters a mean. Where one method name was run under
-several settings (a sweep by overrides in one output_dir), each setting is its own row,
-`<method>@<fingerprint>`, so records of different settings are never mixed.
+Only complete cells count -- (setting fingerprint, method, domain, seed) with as many records
+as the cell has images -- so a partly processed cell never enters a mean. A cell's image count
+is its setting's `data.num_images`, read from the output_dir's settings.json (written by
+metatpt-bench); `--num-images N` overrides it for every cell (for a directory without
+settings.json, or a domain that holds fewer images than it asked for). Where one method name
+was run under several settings (a sweep by overrides in one output_dir), each setting is its own
+row, `<method>@<setting id>`, so records of different settings are never mixed.
 """
 from __future__ import annotations
 
@@ -15,16 +19,40 @@ import hashlib
 import json
 import os
 
+from metatpt_jax import errors
 from metatpt_jax.bench import records, report
+from metatpt_jax.errors import UserError
+
+PROGRAM = "metatpt_jax.bench.summarize"
 
 
 def _cell(r):
   return (r.get("fingerprint"), r["method"], r["domain"], r["seed"])
 
 
-def complete_records(recs: list[dict], num_images: int) -> list[dict]:
+def images_per_cell(recs: list[dict], num_images: int | None = None,
+                    settings: dict | None = None) -> dict:
+  """{fingerprint: images its cells hold when complete}: `num_images` for every cell, or else
+  each setting's data.num_images (`settings`: settings.json, fingerprint -> setting)."""
+  fingerprints = {r.get("fingerprint") for r in recs}
+  if num_images is not None:
+    return dict.fromkeys(fingerprints, num_images)
+  sizes = {fp: (settings or {}).get(fp, {}).get("data", {}).get("num_images")
+           for fp in fingerprints}
+  missing = sorted(str(fp) for fp, n in sizes.items() if not isinstance(n, int))
+  if missing:
+    raise UserError(f"{len(missing)} of {len(sizes)} settings of the records have no image "
+                    f"count in {records.SETTINGS_FILE} (e.g. fingerprint {missing[0]}); pass "
+                    "--num-images <images per cell>.")
+  return sizes
+
+
+def complete_records(recs: list[dict], num_images: int | None = None,
+                     settings: dict | None = None) -> list[dict]:
+  """The records of complete cells: those holding as many records as `images_per_cell`."""
   counts = collections.Counter(_cell(r) for r in recs)
-  return [r for r in recs if counts[_cell(r)] == num_images]
+  want = images_per_cell(recs, num_images, settings)
+  return [r for r in recs if counts[_cell(r)] == want[r.get("fingerprint")]]
 
 
 def method_setting_ids(settings: dict) -> dict:
@@ -60,35 +88,70 @@ def read_settings(output_dir: str) -> dict:
     return json.load(f)
 
 
-def main(argv=None):
+def _parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("output_dir")
-  parser.add_argument("--num-images", type=int, default=500)
+  parser.add_argument("--num-images", type=int, default=None,
+                      help="records a complete cell holds, for every cell (default: each "
+                           "cell's data.num_images from the output_dir's settings.json)")
   parser.add_argument("--baseline", action="append", default=None,
                       help="paired differences against this method (repeatable; default "
                            "zero_shot where present)")
   args = parser.parse_args(argv)
   if not os.path.isdir(args.output_dir):
-    raise SystemExit(f"{args.output_dir} does not exist: point at a benchmark's output_dir.")
-  recs = label_settings(complete_records(records.RecordStore(args.output_dir).all(),
-                                         args.num_images), read_settings(args.output_dir))
+    raise UserError(f"{args.output_dir} does not exist: point at a benchmark's output_dir.")
+  if args.num_images is not None and args.num_images < 1:
+    raise UserError(f"--num-images {args.num_images}: give a positive count, or leave it out "
+                    "to read each cell's count from settings.json.")
+  return args
+
+
+def _complete(args) -> tuple[list[dict], str]:
+  """(complete records, labelled by setting; a line saying which cells count and why)."""
+  recs = records.RecordStore(args.output_dir, read_only=True).all()
+  settings = read_settings(args.output_dir)
+  if recs and not settings and args.num_images is None:
+    raise UserError(f"{args.output_dir} has no {records.SETTINGS_FILE} to read each cell's image "
+                    "count from; pass --num-images <images per cell>.")
+  kept = complete_records(recs, args.num_images, settings)
+  cells, done = {_cell(r) for r in recs}, {_cell(r) for r in kept}
+  sizes = sorted(set(images_per_cell(kept or recs, args.num_images, settings).values()))
+  sizes = ", ".join(str(n) for n in sizes) or "-"
+  source = "--num-images" if args.num_images is not None else records.SETTINGS_FILE
+  line = (f"complete cells only: {len(done)} of {len(cells)}; seeds "
+          f"{sorted({r['seed'] for r in kept})}; images per cell {sizes} (from {source})")
+  if len(done) < len(cells) and args.num_images is None:
+    line += ("; the others are still running, or their domain holds fewer images than its "
+             "setting asks (then pass --num-images <its size>)")
+  elif len(done) < len(cells):
+    line += f"; the others do not hold {args.num_images} records"
+  return label_settings(kept, settings), line
+
+
+def _print_tables(recs: list[dict], baselines: list[str] | None) -> None:
   family = lambda m: 0 if m == "zero_shot" else 1 if m.startswith("tpt") else 2
   method_names = sorted({r["method"] for r in recs}, key=lambda m: (family(m), m))
   domains = list(dict.fromkeys(r["domain"] for r in recs))
-  seeds = sorted({r["seed"] for r in recs})
   table = report.summary(report.aggregate(recs), method_names, domains)
-  print(f"complete cells only; seeds {seeds}; {args.num_images} images per cell")
   print(report.markdown_table(table, method_names, domains, "acc"))
   print()
   print(report.markdown_table(table, method_names, domains, "ece"))
-  baselines = args.baseline or (["zero_shot"] if "zero_shot" in method_names else [])
-  for baseline in baselines:
+  for baseline in baselines or (["zero_shot"] if "zero_shot" in method_names else []):
     if baseline not in method_names:
-      raise SystemExit(f"--baseline {baseline!r} has no complete cells; methods: "
-                       f"{', '.join(method_names)}.")
+      raise UserError(f"--baseline {baseline!r} has no complete cells; methods: "
+                      f"{', '.join(method_names)}.")
     print()
     print(report.paired_table(report.paired_differences(recs, method_names, domains, baseline),
                               domains, baseline))
+
+
+def main(argv=None):
+  with errors.report_user_errors(PROGRAM):
+    args = _parse(argv)
+    recs, line = _complete(args)
+    print(line)
+    print()
+    _print_tables(recs, args.baseline)
 
 
 if __name__ == "__main__":

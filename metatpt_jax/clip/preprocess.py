@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metatpt_jax.errors import UserError
 from metatpt_jax.image_ops import clip_normalize
 
 _PRECISION_BITS = 32 - 8 - 2  # PIL's fixed-point coefficients for 8-bit images
@@ -111,24 +112,24 @@ def _validated(images: np.ndarray, rank: int, what: str) -> np.ndarray:
   """Checks rank, channels, dtype and range; greyscale [.., 1] becomes RGB by repetition."""
   images = np.asarray(images)
   if images.ndim != rank:
-    raise ValueError(f"{what} must have rank {rank} ([{'N, ' if rank == 4 else ''}H, W, 3]), "
+    raise UserError(f"{what} must have rank {rank} ([{'N, ' if rank == 4 else ''}H, W, 3]), "
                      f"got shape {images.shape}" + (" (add a channel axis: image[..., None])"
                                                     if images.ndim == rank - 1 else "") + ".")
   if images.shape[-1] not in (1, 3):
-    raise ValueError(f"{what} must have 3 (RGB) or 1 (greyscale) channels last, got shape "
+    raise UserError(f"{what} must have 3 (RGB) or 1 (greyscale) channels last, got shape "
                      f"{images.shape}; drop alpha with image[..., :3].")
   if min(images.shape[-3:-1]) < 1:
-    raise ValueError(f"{what} is empty: shape {images.shape}.")
+    raise UserError(f"{what} is empty: shape {images.shape}.")
   if images.dtype == np.uint8:
     pass
   elif np.issubdtype(images.dtype, np.floating):
     if not np.all(np.isfinite(images)):
-      raise ValueError(f"{what} contains NaN or infinite values.")
+      raise UserError(f"{what} contains NaN or infinite values.")
     if images.min() < 0.0 or images.max() > 1.0:
-      raise ValueError(f"float {what} must lie in [0, 1], got range [{images.min():.4g}, "
+      raise UserError(f"float {what} must lie in [0, 1], got range [{images.min():.4g}, "
                        f"{images.max():.4g}]; divide 0-255 pixel values by 255.")
   else:
-    raise ValueError(f"{what} must be uint8 (0-255) or float in [0, 1], got dtype "
+    raise UserError(f"{what} must be uint8 (0-255) or float in [0, 1], got dtype "
                      f"{images.dtype}.")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)  # as PIL's convert("RGB") does for "L" images

@@ -3,7 +3,8 @@
 One file per checkpoint (`state.safetensors`, keys = pytree paths) written to a temporary
 name and renamed, so an interrupted write never replaces a good checkpoint. Restoring needs a
 template state of the same structure (from `init_state`), so optimiser NamedTuples come back
-with their types.
+with their types; a checkpoint of another run's structure is a UserError (the workdir is the
+user's to change).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from metatpt_jax.errors import UserError
 
 STATE_FILE = "state.safetensors"
 INFO_FILE = "state.json"
@@ -47,15 +50,16 @@ def restore_state(directory: str, template):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   missing = [jax.tree_util.keystr(p) for p, _ in leaves if jax.tree_util.keystr(p) not in arrays]
   if missing:
-    raise ValueError(f"Checkpoint in {directory} does not match this run's state: "
-                     f"{len(missing)} missing entries, e.g. {missing[:3]}. Use another workdir "
-                     f"or delete the old checkpoint.")
+    raise UserError(f"Checkpoint in {directory} does not match this run's state: "
+                    f"{len(missing)} missing entries, e.g. {missing[:3]}. Use another workdir "
+                    "or delete the old checkpoint.")
   restored = []
   for path, leaf in leaves:
     value = arrays[jax.tree_util.keystr(path)]
     if value.shape != np.shape(leaf):
-      raise ValueError(f"Checkpoint entry {jax.tree_util.keystr(path)} has shape "
-                       f"{value.shape}, this run expects {np.shape(leaf)}.")
+      raise UserError(f"Checkpoint entry {jax.tree_util.keystr(path)} in {directory} has shape "
+                      f"{value.shape}, this run expects {np.shape(leaf)}. Use another workdir "
+                      "or delete the old checkpoint.")
     restored.append(jnp.asarray(value, dtype=leaf.dtype))
   with open(os.path.join(directory, INFO_FILE)) as f:
     info = json.load(f)

@@ -19,12 +19,76 @@ import numpy as np
 import tqdm
 
 from metatpt_jax.clip import checkpoint
-from metatpt_jax.clip.config import get_arch
+from metatpt_jax.clip.config import PRESETS, get_arch
 from metatpt_jax.clip.tokenizer import Tokenizer
 from metatpt_jax.data import domains
+from metatpt_jax.errors import UserError
 from metatpt_jax.pretrain import captions, evaluate, pairs, state_io, step
 
 STATE_DIR = "train_state"
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise UserError(message)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects a malformed config before any data is read or step compiled, naming the field and
+  the fix (`metatpt-pretrain` prints the UserError as one line)."""
+  _require(config.arch in PRESETS, f"--config.arch={config.arch!r}: unknown architecture; "
+           f"give one of {sorted(PRESETS)}.")
+  for field in ("batch_size", "total_steps", "log_every", "checkpoint_every"):
+    _require(_is_int(config[field]) and config[field] >= 1,
+             f"--config.{field}={config[field]!r}: give a positive integer.")
+  for field in ("stop_at", "max_train_images_per_source", "eval_images", "captions_per_class"):
+    _require(_is_int(config[field]) and config[field] >= 0,
+             f"--config.{field}={config[field]!r}: give 0 or a positive integer.")
+  sources, weights = tuple(config.sources), tuple(config.source_weights)
+  _require(len(sources) > 0 and all(isinstance(s, str) and s for s in sources),
+           f"--config.sources={sources!r}: give a tuple of source names, e.g. "
+           "--config.sources=\"('fashion_mnist',)\".")
+  _require(len(weights) == len(sources)
+           and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                   for w in weights),
+           f"--config.source_weights={weights!r}: give one positive weight per source "
+           f"({len(sources)} sources).")
+  _require(config.contrastive_target in step.TARGETS,
+           f"--config.contrastive_target={config.contrastive_target!r}: give one of "
+           f"{list(step.TARGETS)}.")
+  _require(isinstance(config.workdir, str) and bool(config.workdir),
+           "--config.workdir is empty: give a directory for checkpoints and the export.")
+  _check_captions(config)
+
+
+def _check_captions(config) -> None:
+  """The caption mode, the caption count and the contrastive target must agree."""
+  if _described(config):
+    _require(not config.captions_per_class and config.contrastive_target != "paired",
+             "captions='described' needs --config.captions_per_class=0 (one caption per image) "
+             "and a class target ('class_any' or 'class_uniform') over identical captions.")
+    _require(len(config.described_probs) == len(captions.DESCRIBED),
+             f"--config.described_probs has {len(config.described_probs)} entries; give one "
+             f"per described template ({len(captions.DESCRIBED)}).")
+  else:
+    _require((config.contrastive_target == "paired") == (config.captions_per_class == 0),
+             "--config.contrastive_target='paired' needs --config.captions_per_class=0 (one "
+             "caption per image), and the class targets need captions_per_class > 0.")
+
+
+def _make_workdir(workdir: str) -> None:
+  """Creates `workdir` and checks it is writable now, not at the first checkpoint."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as err:
+    raise UserError(f"--config.workdir={workdir!r}: cannot create it ({err.strerror}); give a "
+                    "writable directory.") from err
+  _require(os.access(workdir, os.W_OK),
+           f"--config.workdir={workdir!r} is not writable; give a writable directory.")
 
 
 def _log(workdir: str, record: dict) -> None:
@@ -103,18 +167,14 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
   """Trains (or resumes) and exports; returns the metadata written to metadata.json.
 
   With `config.stop_at` below `total_steps` it stops there after a checkpoint, exports
-  nothing and returns {"steps", "finished": False}; rerun without it to finish.
+  nothing and returns {"steps", "finished": False}; rerun without it to finish. Raises
+  UserError for a malformed config or a workdir that cannot be written or holds another run's
+  checkpoint.
   """
+  validate_config(config)
   arch = get_arch(config.arch)
-  if _described(config) and (config.captions_per_class or config.contrastive_target == "paired"):
-    raise ValueError("captions='described' needs captions_per_class=0 (one caption per image) "
-                     "and a class target ('class_any' or 'class_uniform') over identical captions.")
-  if not _described(config) and (
-      (config.contrastive_target == "paired") != (config.captions_per_class == 0)):
-    raise ValueError("contrastive_target 'paired' needs captions_per_class=0 (one caption per "
-                     "image), and the class targets need captions_per_class > 0.")
   workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
   tokenizer = Tokenizer()
   data = _load_data(config, arch, tokenizer)
   state, info, metrics = _train_loop(config, arch, data, workdir)
