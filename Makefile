@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test lint install data demo bench clean folder-domain
+.PHONY: test lint install data demo bench clean folder-domain artwork libcairo
 FOLDER_DOMAIN := runs/folder_domains/fashion_mnist_motion_blur_3_jpeg
 
 $(STAMP): setup.cfg pyproject.toml
@@ -29,7 +29,18 @@ $(FASHION_MNIST):
 	  exit 1; \
 	fi
 
-test: $(STAMP) data
+# cairosvg draws the SVG artwork through the system's cairo library.
+libcairo:
+	@ldconfig -p 2>/dev/null | grep -q 'libcairo.so.2 ' || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcairo2; \
+	  else echo "libcairo2 is missing: install it (apt-get install libcairo2)"; exit 1; fi; }
+
+# Emoji artwork (world v3): fetch the pinned packages, render every style, write the manifest.
+artwork: $(STAMP) libcairo
+	$(VENV)/bin/python -m metatpt_jax.data.artwork.build
+
+test: $(STAMP) data libcairo
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 # ruff (configured in ruff.toml), then the file and function size limits of tools/check_shape.py.
