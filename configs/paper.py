@@ -18,8 +18,9 @@ $METATPT_DATA_DIR/folders/<dataset> unless `data.domains` names another folder.
 """
 import os
 
-from metatpt_jax import registry
+from metatpt_jax import registry, specs
 from metatpt_jax.bench import defaults
+from metatpt_jax.bench import methods as bench_methods
 from metatpt_jax.clip import hub
 from metatpt_jax.data import benchmarks, tfds_builders
 
@@ -75,10 +76,11 @@ def get_config(arg: str = ""):
   # sample instead of 23 (B/16, 64 views, 10 classes; docs/THROUGHPUT.md).
   every = defaults.all_methods(metatpt=dict(view_chunk=VIEW_CHUNK))
   every.update(defaults.baselines())
-  # TPT's views for this dataset wherever TPT's views are tuned on: TPT, C-TPT and MetaTPT's
-  # fixed-views ablation (ZERO, MTA and TDA keep their authors' own choice).
+  # TPT's views for this dataset wherever a method tunes on TPT's views (its spec says so:
+  # TPT, C-TPT, MetaTPT's fixed-views ablation); the others keep their authors' choice.
   for name in every:
-    if every[name].kind in ("tpt", "ctpt") or every[name].get("augment") == "fixed":
+    spec = bench_methods.method_spec(every[name])[1]
+    if isinstance(spec, specs.ViewsSpec) and spec.takes_dataset_views():
       every[name].view_kind = bench.view_kind
   if bench.name in TDA_POSITIVE:
     every.tda.pos_alpha, every.tda.pos_beta = TDA_POSITIVE[bench.name]

@@ -119,8 +119,13 @@ InnerObjectiveName = Annotated[str, Choices(INNER_OBJECTIVES)]
 
 
 def register_inner_objective(name: str, objective: InnerObjective) -> InnerObjective:
+  """Makes `name` a valid `MetaTPTSpec.aux_loss`; the penalty weight comes from the spec
+  (`aux_penalty`), so the registered objective keeps the default."""
   if name in INNER_OBJECTIVES:
     raise ValueError(f"Inner objective {name!r} is registered twice.")
+  if objective.penalty_weight != InnerObjective.penalty_weight:
+    raise ValueError(f"Inner objective {name!r}: leave penalty_weight at its default; "
+                     "MetaTPTSpec.aux_penalty sets it.")
   INNER_OBJECTIVES[name] = objective
   return objective
 

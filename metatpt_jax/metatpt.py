@@ -80,6 +80,9 @@ class MetaTPTSpec(ConfidentViewsSpec):
     chunked = self.view_chunk > 0 and self.augment == "learned" and self.schedule == "dual_loop"
     return (chunked, self.generator.factor_shift, self.generator.use_feature)
 
+  def takes_dataset_views(self) -> bool:
+    return self.augment == "fixed"  # the fixed-views ablation tunes on TPT's views
+
   def inner_objective(self) -> losses.InnerObjective:
     """L_aux: the objective named by aux_loss, its generator penalty weighted by aux_penalty."""
     return dataclasses.replace(losses.INNER_OBJECTIVES[self.aux_loss],
@@ -141,6 +144,9 @@ def dual_loop_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None, sweep=NO_S
 
 def joint_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None, sweep=NO_SWEEP):
   """schedule="joint" (ablation): L_aux + L_out on the same views of phi, no inner step."""
+  if sweep.lr is not None or sweep.steps is not None:
+    raise ValueError("schedule='joint' takes no inner step: a sweep of the inner learning rate "
+                     "or step count needs schedule='dual_loop'.")
   objective = spec.inner_objective() if sweep.objective is None else sweep.objective
   feats, penalty = view_features(frozen, meta["phi"], ep, spec, mspec)
   view_logits = logits(frozen, feats, class_features(frozen, meta["ctx"], mspec))

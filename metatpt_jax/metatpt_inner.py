@@ -100,22 +100,21 @@ def chunked_inner_grad(frozen, phi, ctx, ep: Episode, spec, mspec,
   return jax.tree.map(jnp.add, total, jax.grad(penalty)(phi))
 
 
-def scale_by_inverse_global_norm(eps: float = 1e-12) -> optax.GradientTransformation:
-  """Scales the update to unit global norm: g / (||g|| + eps)."""
+def normalized_sgd(lr, eps: float = 1e-12) -> optax.GradientTransformation:
+  """SGD with step size lr / (||g|| + eps): a step of length lr whatever the gradient's size.
+  The update is -(step * g), bit for bit what the records of this variant were computed with."""
   def update(updates, state, params=None):
     del params
-    norm = optax.tree.norm(updates)
-    return jax.tree.map(lambda g: g / (norm + eps), updates), state
+    step = lr / (optax.tree.norm(updates) + eps)
+    return jax.tree.map(lambda g: -(step * g), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def inner_optimizer(inner_step: str, lr) -> optax.GradientTransformation:
   """The inner step as an optax transform (`lr` may be traced). sgd: phi - lr * g;
-  normalized: phi - lr * g / ||g||, a step of length lr whatever the size of the gradient."""
-  if inner_step == "normalized":
-    return optax.chain(scale_by_inverse_global_norm(), optax.sgd(lr))
-  return optax.sgd(lr)
+  normalized: phi - lr * g / ||g|| (`normalized_sgd`)."""
+  return normalized_sgd(lr) if inner_step == "normalized" else optax.sgd(lr)
 
 
 class InnerSweep(NamedTuple):
@@ -124,6 +123,7 @@ class InnerSweep(NamedTuple):
   lr: the inner learning rate. steps: how many of the spec's `inner_steps` steps to take (the
   rest leave phi' as it is, so any value up to spec.inner_steps runs the same compiled code).
   objective: the inner objective (e.g. `losses.switched` over several).
+  Build it inside the jitted function (as `hypergrad` does): its objective is not a JAX value.
   """
   lr: Any = None
   steps: Any = None
@@ -135,6 +135,9 @@ NO_SWEEP = InnerSweep()  # the spec's own settings
 
 def inner_update(frozen, phi, ctx, ep: Episode, spec, mspec, sweep: InnerSweep = NO_SWEEP):
   """phi' after spec.inner_steps steps on L_aux (as the outer loss sees it: `ORDERS`)."""
+  if isinstance(sweep.steps, int) and not 0 <= sweep.steps <= spec.inner_steps:
+    raise ValueError(f"InnerSweep.steps={sweep.steps}: at most spec.inner_steps="
+                     f"{spec.inner_steps} (raise it in the spec to sweep further).")
   objective = spec.inner_objective() if sweep.objective is None else sweep.objective
   opt = inner_optimizer(spec.inner_step, spec.inner_lr if sweep.lr is None else sweep.lr)
   adapted, opt_state = phi, opt.init(phi)

@@ -37,7 +37,8 @@ def fit_offline_generator(frozen: FrozenCLIP, phi, images: jax.Array, key: jax.A
     phi, opt_state = carry
     image, index, source = xs
     ep = make_episode(frozen, image, jax.random.fold_in(key, index), spec, mspec, source)
-    loss_fn = lambda p: metatpt.outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, online, mspec)
+    loss_fn = lambda p: metatpt.outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep,
+                                           online, mspec)
     loss, grads = jax.value_and_grad(loss_fn)(phi)
     updates, opt_state = opt.update(grads, opt_state, phi)
     return (optax.apply_updates(phi, updates), opt_state), loss

@@ -60,6 +60,19 @@ class Method:
   config_fields: dict = dataclasses.field(default_factory=dict)
   view_pairs: Callable[[Any], Callable | None] = lambda spec: None
 
+  def __post_init__(self):
+    if self.group not in GROUPS:
+      raise UserError(f"Method {self.name!r}: group={self.group!r}; choose one of {GROUPS}.")
+    if (self.adapt_one is None) == (self.stream is None):
+      raise UserError(f"Method {self.name!r} needs exactly one of adapt_one (episodic) and "
+                      "stream (online).")
+    if self.stream is not None and self.init_state is None:
+      raise UserError(f"Online method {self.name!r} needs init_state: the state its stream "
+                      "starts from.")
+
+
+GROUPS = ("main", "baseline")
+
 
 def stateless(fn: Callable) -> Callable:
   """`adapt_one` of a method without per-domain state, from fn(frozen, image, key, spec, mspec,
@@ -74,11 +87,16 @@ METHODS: dict[str, Method] = {}
 _REGISTERED_BY: dict[str, str] = {}  # kind -> the module that registered it
 
 
-def register(method: Method) -> Method:
-  if method.name in METHODS:
-    raise ValueError(f"Method {method.name!r} is registered twice.")
+def register(method: Method, module: str | None = None) -> Method:
+  """Adds `method` to the table, as registered by `module` (default: the calling module; its
+  place in `builtin_methods.MODULES` orders the tables). The same module registering the same
+  name again (a reloaded module) replaces the entry; another module's is refused."""
+  module = module or inspect.currentframe().f_back.f_globals.get("__name__", "")
+  if method.name in METHODS and _REGISTERED_BY[method.name] != module:
+    raise UserError(f"Method {method.name!r} is registered by {_REGISTERED_BY[method.name]}; "
+                    f"{module} cannot register another under that name.")
   METHODS[method.name] = method
-  _REGISTERED_BY[method.name] = inspect.currentframe().f_back.f_globals.get("__name__", "")
+  _REGISTERED_BY[method.name] = module
   return method
 
 

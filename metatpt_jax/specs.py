@@ -114,6 +114,12 @@ class ViewsSpec(Spec):
     the image itself) with keys split from `key`."""
     return VIEW_MAKERS[self.view_kind](image, key, self.n_views, source, scale=self.crop_scale)
 
+  def takes_dataset_views(self) -> bool:
+    """Whether the method tunes a prompt on TPT's views, so a benchmark that gives TPT its
+    per-dataset views (AugMix on the fine-grained sets) gives them to it too. Training-free
+    methods keep their authors' own choice."""
+    return False
+
 
 @dataclasses.dataclass(frozen=True)
 class ConfidentViewsSpec(ViewsSpec):

@@ -53,6 +53,9 @@ class TDASpec(ConfidentViewsSpec):
   def num_keep(self) -> int:
     return max(1, int(self.n_views * self.selection_ratio))
 
+  def switches(self) -> tuple:
+    return (self.n_views > 1,)  # the image itself, or its confident views' means
+
   def check(self) -> None:
     if self.pos_shot < 1 or self.neg_shot < 1 or self.n_views < 1:
       raise UserError(f"TDA needs pos_shot, neg_shot and n_views >= 1; got {self.pos_shot}, "

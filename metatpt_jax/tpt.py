@@ -37,6 +37,9 @@ class TPTSpec(ConfidentViewsSpec):
     if self.steps < 1:
       raise UserError(f"TPT needs steps >= 1; got steps={self.steps}.")
 
+  def takes_dataset_views(self) -> bool:
+    return True
+
   def text_loss(self, text: jax.Array) -> jax.Array | None:
     """A term on the class text features [C, E] added to TPT's entropy (None: entropy alone;
     C-TPT's spec adds its dispersion reward)."""

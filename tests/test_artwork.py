@@ -99,8 +99,9 @@ def fixture_styles(monkeypatch):
   monkeypatch.setattr(packages.subprocess, "run", lambda *a, **k: pytest.fail(f"fetched {a}"))
 
 
-@pytest.mark.parametrize("text,key", [("1F44B-1F3FB", "1f44b-1f3fb"), ("0023-FE0F-20E3", "0023-20e3"),
-                                      ("263a_fe0f", "263a"), ("23", "0023")])
+@pytest.mark.parametrize("text,key", [
+    ("1F44B-1F3FB", "1f44b-1f3fb"), ("0023-FE0F-20E3", "0023-20e3"), ("263a_fe0f", "263a"),
+    ("23", "0023")])
 def test_keys_are_normalised_code_points(text, key):
   assert kinds.normalize_key(text) == key
 
@@ -115,7 +116,8 @@ def test_the_catalog_keeps_base_emoji_and_maps_skin_tones_to_them(cache, fixture
 @pytest.mark.parametrize("name,expected", [
     ("png", ["1f44b", "1f44b", "1f534", "1f535", "2602"]),
     ("webp", ["1f44b", "1f44b", "1f534", "1f535", "2602"]),
-    ("svg", ["1f534", "1f535", "263a"]), ("iconify", ["1f534", "2602"]), ("font", ["2602", "263a"])])
+    ("svg", ["1f534", "1f535", "263a"]), ("iconify", ["1f534", "2602"]),
+    ("font", ["2602", "263a"])])
 def test_every_source_kind_gives_framed_pictures_of_catalog_classes(cache, fixture_styles, name,
                                                                     expected):
   got = styles.load_style(name, size=32, cache_dir=cache)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from metatpt_jax import generator as gen
@@ -53,8 +54,8 @@ def test_selection_once_keeps_the_first_steps_views():
 
   differs = []
   for seed in range(4):
-    once, fixed, every = map(np.asarray,
-                             three_ways(jax.random.normal(jax.random.key(seed), (spec.n_views, 16))))
+    feats = jax.random.normal(jax.random.key(seed), (spec.n_views, 16))
+    once, fixed, every = map(np.asarray, three_ways(feats))
     np.testing.assert_allclose(once, fixed, atol=1e-6)
     differs.append(not np.allclose(once, every, atol=1e-4))
   assert any(differs), "the confident set never moved: the test cannot tell the modes apart"
@@ -116,3 +117,36 @@ def test_variant_typos_are_refused(field, value):
   cfg = ml_collections.ConfigDict(dict(kind="metatpt", **{field: value}))
   with pytest.raises(UserError, match=field):
     methods_lib.method_spec(cfg)
+
+
+def test_normalized_inner_step_is_bit_for_bit_the_recorded_formula():
+  """Committed records of inner_step="normalized" were computed as w - (lr / (|g| + 1e-12)) g:
+  the optax form must give the same bits, or resumed cells would mix two computations."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  phi = {"a": jax.random.normal(keys[0], (300,)), "b": jax.random.normal(keys[1], (7, 11))}
+  grads = jax.tree.map(lambda x: 3.7 * jnp.sin(x), phi)
+  norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(grads)))
+  want = jax.tree.map(lambda w, d: w - (0.1 / (norm + 1e-12)) * d, phi, grads)
+  for name, expected in (("normalized", want),
+                         ("sgd", jax.tree.map(lambda w, d: w - 0.1 * d, phi, grads))):
+    opt = metatpt_inner.inner_optimizer(name, 0.1)
+    updates, _ = opt.update(grads, opt.init(phi), phi)
+    got = optax.apply_updates(phi, updates)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_sweep_refuses_what_it_cannot_do():
+  frozen, mspec = tiny_frozen(logit_scale=30.0)
+  image = random_images(0, 1)[0]
+  spec = SPEC.replace(inner_steps=1)
+  ep = metatpt_inner.make_episode(frozen, image, jax.random.key(0), spec, mspec)
+  meta = {"ctx": frozen.ctx_init, "phi": init_phi(spec)}
+  with pytest.raises(ValueError, match="at most spec.inner_steps=1"):
+    metatpt.outer_loss(frozen, meta, ep, spec, mspec, sweep=metatpt_inner.InnerSweep(steps=2))
+  with pytest.raises(ValueError, match="needs schedule='dual_loop'"):
+    metatpt.outer_loss(frozen, meta, ep, spec.replace(schedule="joint"), mspec,
+                       sweep=metatpt_inner.InnerSweep(lr=0.3))
+  with pytest.raises(ValueError, match="leave penalty_weight at its default"):
+    losses.register_inner_objective("weighted", losses.InnerObjective(
+        per_view=lambda *a: a[1].sum(-1), penalty_weight=2.0))

@@ -1,4 +1,5 @@
 """Typed, self-checking specs and the one method registry (issue 14)."""
+import dataclasses
 import importlib
 import json
 import os
@@ -208,3 +209,37 @@ def _toy_benchmark_run(tmp_path):
   by_method = {m: sorted((r["index"], r["prediction"]) for r in recs if r["method"] == m)
                for m in ("zero_shot", "toy")}
   assert len(by_method["toy"]) == 4 and by_method["toy"] == by_method["zero_shot"]
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(group="baselines"), "group='baselines'"),
+    (dict(adapt_one=None), "exactly one of adapt_one"),
+    (dict(stream=lambda *a: None), "exactly one of adapt_one"),
+])
+def test_a_malformed_method_is_refused_when_made(fields, match):
+  base = dict(name="bad", adapt_one=lambda *a: None)
+  with pytest.raises(UserError, match=match):
+    registry.Method(**{**base, **fields})
+  with pytest.raises(UserError, match="needs init_state"):
+    registry.Method("bad", None, stream=lambda *a: None)
+
+
+def test_a_name_taken_by_another_module_is_refused_and_a_reload_replaces():
+  method = registry.get("tpt")
+  with pytest.raises(UserError, match="registered by metatpt_jax.tpt"):
+    registry.register(dataclasses.replace(method), module="someone_else")
+  registry.register(method, module="metatpt_jax.tpt")  # a reloaded module registers again
+  assert registry.get("tpt") is method and registry.names()[1] == "tpt"
+
+
+def test_specs_declare_which_fields_choose_code():
+  from metatpt_jax import tda
+  assert tda.TDASpec().code_path() != tda.TDASpec(n_views=8).code_path()  # views or image
+  assert metatpt.MetaTPTSpec(view_chunk=8).code_path() != metatpt.MetaTPTSpec().code_path()
+  assert metatpt.MetaTPTSpec(inner_lr=0.3).code_path() == metatpt.MetaTPTSpec().code_path()
+
+
+def test_paper_configs_give_tpts_views_to_every_method_that_tunes_on_them():
+  methods = every_method.config_module("paper").get_config("dtd,all").methods
+  tuned_on_views = {n for n, m in methods.items() if m.get("view_kind") == "augmix"}
+  assert tuned_on_views == {"tpt", "ctpt", "metatpt_fixed_aug", "tda"}  # TDA: its authors'

@@ -113,11 +113,11 @@ def _validated(images: np.ndarray, rank: int, what: str) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim != rank:
     raise UserError(f"{what} must have rank {rank} ([{'N, ' if rank == 4 else ''}H, W, 3]), "
-                     f"got shape {images.shape}" + (" (add a channel axis: image[..., None])"
-                                                    if images.ndim == rank - 1 else "") + ".")
+                    f"got shape {images.shape}" + (" (add a channel axis: image[..., None])"
+                                                   if images.ndim == rank - 1 else "") + ".")
   if images.shape[-1] not in (1, 3):
     raise UserError(f"{what} must have 3 (RGB) or 1 (greyscale) channels last, got shape "
-                     f"{images.shape}; drop alpha with image[..., :3].")
+                    f"{images.shape}; drop alpha with image[..., :3].")
   if min(images.shape[-3:-1]) < 1:
     raise UserError(f"{what} is empty: shape {images.shape}.")
   if images.dtype == np.uint8:
@@ -130,7 +130,7 @@ def _validated(images: np.ndarray, rank: int, what: str) -> np.ndarray:
                        f"{images.max():.4g}]; divide 0-255 pixel values by 255.")
   else:
     raise UserError(f"{what} must be uint8 (0-255) or float in [0, 1], got dtype "
-                     f"{images.dtype}.")
+                    f"{images.dtype}.")
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)  # as PIL's convert("RGB") does for "L" images
   return images

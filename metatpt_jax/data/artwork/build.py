@@ -26,7 +26,8 @@ def manifest(catalog, style_sets: dict) -> dict:
                   pictures={n: counts[n][c.key] for n in style_sets if c.key in counts[n]})
              for c in catalog.classes.values()]
   return dict(classes=classes,
-              styles={n: dict(credit=styles.STYLES[n].credit, package=list(styles.STYLES[n].package),
+              styles={n: dict(credit=styles.STYLES[n].credit,
+                              package=list(styles.STYLES[n].package),
                               classes=len(counts[n]), pictures=len(s.keys),
                               indistinguishable=styles.indistinguishable_groups(s))
                       for n, s in style_sets.items()})
