@@ -183,3 +183,45 @@ def test_the_manifest_lists_classes_styles_and_indistinguishable_groups(cache, f
   assert by_key["1f534"]["pictures"] == {"png": 1, "svg": 1}
   assert by_key["263a"]["name"] == "smiling face" and by_key["263a"]["pictures"] == {"svg": 1}
   assert got["styles"]["svg"]["indistinguishable"] == [["1f534", "1f535"]]
+
+
+@pytest.fixture
+def fixture_world(cache, fixture_styles, monkeypatch):
+  from metatpt_jax.data.artwork import world
+  monkeypatch.setattr(world, "SOURCE_STYLES", ("png", "webp"))
+  monkeypatch.setattr(world, "HELD_OUT_STYLES", ("iconify", "svg"))
+  monkeypatch.setenv(packages.CACHE_ENV, cache)
+  world.class_universe.cache_clear()
+  yield world
+  world.class_universe.cache_clear()
+
+
+def test_world_domains_split_classes_into_dev_and_test(fixture_world):
+  world = fixture_world
+  universe = world.class_universe(None, 32)
+  assert universe == ("2602", "1f44b", "1f534", "1f535")  # in every source style
+  dev = world.dev_classes(universe, {k: str(k[:3]) for k in universe})
+  assert len(dev) == 1 and dev < set(universe)
+  splits = {s: world.load_domain("iconify", "plain", s, image_size=32) for s in world.SPLITS}
+  for d in splits.values():
+    assert d.class_names == ["umbrella", "waving hand", "red circle", "blue circle"]
+  seen = [set(d.labels.tolist()) for d in splits.values()]
+  assert not seen[0] & seen[1] and seen[0] | seen[1] == {0, 2}  # iconify draws 2602 and 1f534
+  # The two circles are one line drawing in "svg": dropped there, so nothing is left.
+  assert sum(len(world.load_domain("svg", "plain", s, image_size=32).labels)
+             for s in world.SPLITS) == 0
+
+
+def test_cluttered_rendering_is_seeded_and_small(fixture_world, monkeypatch):
+  from metatpt_jax.data import domains
+  world = fixture_world
+  monkeypatch.setattr(world, "HELD_OUT_STYLES", ("png",))  # four pictures to make collages of
+  plain = world.load_domain("png", "plain", "test", image_size=32)
+  a, b = (domains.load_domain("artwork:png:cluttered", split="test", image_size=32, seed=s)
+          for s in (0, 1))
+  again = domains.load_domain("artwork:png:cluttered", split="test", image_size=32, seed=0)
+  np.testing.assert_array_equal(a.images, again.images)
+  assert not np.array_equal(a.images, b.images) and not np.array_equal(a.images, plain.images)
+  np.testing.assert_array_equal(a.labels, plain.labels)
+  with pytest.raises(UserError, match="choose a held-out style"):
+    domains.load_domain("artwork:google:plain", image_size=32)

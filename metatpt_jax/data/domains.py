@@ -7,6 +7,8 @@ Spec grammar (`load_domain`):
   folder:/path/to/dir[:clean | :<shift>:<sev>]  an image folder (one sub-folder per class)
   paper:imagenet_a | paper:ucf101:/path/to/dir  the paper's benchmarks (`benchmarks` module),
                                                 images read lazily, no shifts
+  artwork:openmoji_black[:plain | :cluttered]   world v3: a held-out style of emoji artwork
+                                                (`artwork.world`; splits "dev" and "test")
 
 What is deterministic from `seed`: which images are kept when `num_images` < N (a stratified
 subset that does not depend on the shift, so domains of one source at one seed hold the same
@@ -147,6 +149,8 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
     return benchmarks.load_benchmark(spec, num_images=num_images, seed=seed,
                                      image_size=image_size, data_dir=data_dir,
                                      classnames_dir=classnames_dir, canvas_size=canvas_size)
+  if spec.startswith(ARTWORK_PREFIX):
+    return _artwork_domain(spec, split, num_images, seed, image_size)
   parsed = parse_spec(spec)
   sources.check_split(split)
   path = None if cache_dir is None else _cache_path(cache_dir, parsed.name, split, num_images,
@@ -165,6 +169,21 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
     os.makedirs(cache_dir, exist_ok=True)
     np.savez(path, images=images, labels=labels)
   return Domain(parsed.name, np.array(images), np.array(labels), list(names))
+
+
+ARTWORK_PREFIX = "artwork:"
+
+
+def _artwork_domain(spec, split, num_images, seed, image_size) -> Domain:
+  """artwork:<held-out style>[:<rendering>], a seeded stratified subset of `num_images`."""
+  from metatpt_jax.data.artwork import world  # only artwork domains need cairo and the cache
+  style, _, rendering = spec[len(ARTWORK_PREFIX):].partition(":")
+  domain = world.load_domain(style, rendering or "plain", split, image_size=image_size,
+                             seed=seed)
+  if num_images is None or num_images >= len(domain.labels):
+    return domain
+  keep = stratified_subset(domain.labels, num_images, seed)
+  return domain._replace(images=domain.images[keep], labels=domain.labels[keep])
 
 
 def batch_inputs(domain: Domain, indices: np.ndarray) -> dict:

@@ -1,11 +1,11 @@
-"""One framing for every style: alpha composited onto a background, the content cropped to its
-bounding box and re-padded by the same margin, then resized.
+"""One framing for every style: the content cropped to its bounding box and re-padded by the same
+margin, resized, and composited onto a background.
 
 The packages pad their drawings differently (content fills 62-64 of 64 px in one, about 50 in
 another, 32-64 in a font), so scale and padding alone would give the style away; after
-`frame_artwork` the content's longer side always spans `1 - 2 * margin` of the image. Transparent
-pixels are composited, never dropped: several packages keep garbage colour under alpha 0, and
-line art is black on transparent.
+`frame_artwork` the content's longer side always spans `1 - 2 * margin` of the image. Alpha is kept
+(premultiplied) until the picture is put over a background, never dropped: several packages keep
+garbage colour under alpha 0, and line art is black on transparent.
 """
 from __future__ import annotations
 
@@ -25,26 +25,37 @@ def content_box(rgba: np.ndarray, threshold: int = 8):
   return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def composite(rgba: np.ndarray, background=WHITE) -> np.ndarray:
-  """float32 RGB [H, W, 3] in [0, 255] of RGBA uint8 over an opaque background colour."""
-  alpha = rgba[..., 3:].astype(np.float32) / 255.0
-  return rgba[..., :3].astype(np.float32) * alpha + np.float32(background) * (1.0 - alpha)
-
-
-def frame_artwork(rgba: np.ndarray, size: int, margin: float = 0.1,
-                  background=WHITE) -> np.ndarray | None:
-  """uint8 RGB [size, size, 3]: the content, centred on a square of `background` whose side is
-  its longer side / (1 - 2 * margin), resized with an antialiasing filter. None if empty."""
+def frame_rgba(rgba: np.ndarray, size: int, margin: float = 0.1) -> np.ndarray | None:
+  """Premultiplied RGBA uint8 [size, size, 4]: the content centred on a transparent square whose
+  side is its longer side / (1 - 2 * margin), resized with an antialiasing filter (in
+  premultiplied form, so transparent pixels' colour never bleeds in). None if empty."""
   box = content_box(rgba)
   if box is None:
     return None
   top, left, bottom, right = box
-  content = composite(rgba[top:bottom, left:right], background)
+  content = rgba[top:bottom, left:right].astype(np.float32)
+  content[..., :3] *= content[..., 3:] / 255.0  # premultiply: garbage under alpha 0 vanishes
   h, w = content.shape[:2]
   side = int(round(max(h, w) / (1.0 - 2.0 * margin)))
-  square = np.empty((side, side, 3), np.float32)
-  square[:] = np.float32(background)
+  square = np.zeros((side, side, 4), np.float32)
   y, x = (side - h) // 2, (side - w) // 2
   square[y:y + h, x:x + w] = content
-  image = Image.fromarray(np.clip(np.round(square), 0, 255).astype(np.uint8))
-  return np.asarray(image.resize((size, size), Image.Resampling.LANCZOS))
+  channels = [Image.fromarray(square[..., c]).resize((size, size), Image.Resampling.LANCZOS)
+              for c in range(4)]
+  return np.clip(np.round(np.stack([np.asarray(c) for c in channels], -1)), 0, 255).astype(
+      np.uint8)
+
+
+def over(premultiplied: np.ndarray, background) -> np.ndarray:
+  """uint8 RGB of premultiplied RGBA [..., 4] over `background` (an RGB colour or an image of
+  the same shape's RGB)."""
+  alpha = premultiplied[..., 3:].astype(np.float32) / 255.0
+  out = premultiplied[..., :3].astype(np.float32) + np.asarray(background, np.float32) * (1 - alpha)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def frame_artwork(rgba: np.ndarray, size: int, margin: float = 0.1,
+                  background=WHITE) -> np.ndarray | None:
+  """uint8 RGB [size, size, 3]: `frame_rgba` over an opaque background colour. None if empty."""
+  framed = frame_rgba(rgba, size, margin)
+  return None if framed is None else over(framed, background)

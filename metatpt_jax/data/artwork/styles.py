@@ -53,9 +53,10 @@ STYLES: dict[str, Style] = {s.name: s for s in (
 class StyleSet(NamedTuple):
   """A style's framed pictures of catalog classes."""
   style: str
-  images: np.ndarray      # uint8 [N, size, size, 3]
+  images: np.ndarray      # uint8 [N, size, size, 3]: over the background colour
   keys: tuple[str, ...]   # [N] the class (base emoji key) of each picture
   variant: np.ndarray     # bool [N]: a skin-tone variant's picture (else the base emoji's)
+  rgba: np.ndarray        # uint8 [N, size, size, 4] premultiplied: to put over other backgrounds
 
 
 def get_style(name: str) -> Style:
@@ -68,7 +69,8 @@ def load_catalog(cache_dir: str | None = None) -> catalog_lib.Catalog:
   return catalog_lib.read_catalog(packages.fetch(catalog_lib.EMOJIBASE, cache_dir))
 
 
-def _render(style: Style, catalog, size, margin, background, cache_dir) -> StyleSet:
+def _render(style: Style, catalog, size, margin, cache_dir):
+  """(premultiplied RGBA [N, size, size, 4], keys, variant) of the style's catalog pictures."""
   root = packages.fetch(style.package, cache_dir)
   chars = None if style.chars_from is None else packages.fetch(style.chars_from, cache_dir)
   found = kinds.list_artwork(style, root, chars)
@@ -77,36 +79,37 @@ def _render(style: Style, catalog, size, margin, background, cache_dir) -> Style
     base = key if key in catalog.classes else catalog.variant_of.get(key)
     if base is None:
       continue
-    framed = render.frame_artwork(kinds.read_rgba(style, locator, 4 * size), size, margin,
-                                  background)
+    framed = render.frame_rgba(kinds.read_rgba(style, locator, 4 * size), size, margin)
     if framed is not None:  # an empty glyph is no picture of its class
       images.append(framed)
       keys.append(base)
       variant.append(base != key)
   if not images:
     raise UserError(f"Style {style.name!r} has no picture of any catalog class in {root}.")
-  return StyleSet(style.name, np.stack(images), tuple(keys), np.array(variant))
+  return np.stack(images), tuple(keys), np.array(variant)
 
 
 def load_style(name: str, size: int = 64, margin: float = 0.1, background=render.WHITE,
                cache_dir: str | None = None, catalog: catalog_lib.Catalog | None = None):
-  """The style's framed pictures, rendered once and then read from the cache."""
+  """The style's framed pictures over `background`, rendered once and then read from the
+  cache (which keeps them with their alpha)."""
   style = get_style(name)
   cache_dir = cache_dir or packages.default_cache_dir()
   catalog = catalog or load_catalog(cache_dir)
-  tag = hashlib.sha256(repr((style, size, margin, tuple(background), sorted(catalog.classes),
+  tag = hashlib.sha256(repr((style, size, margin, sorted(catalog.classes),
                              sorted(catalog.variant_of.items()))).encode()).hexdigest()[:12]
   path = os.path.join(cache_dir, "rendered", f"{name}-{size}px-{tag}.npz")
   if os.path.exists(path):
     with np.load(path) as saved:
-      return StyleSet(name, saved["images"], tuple(saved["keys"].tolist()), saved["variant"])
-  LOG.info("rendering style %s at %d px (once; cached in %s)", name, size, path)
-  result = _render(style, catalog, size, margin, background, cache_dir)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, images=result.images, keys=np.array(result.keys), variant=result.variant)
-  os.replace(tmp, path)
-  return result
+      rgba, keys, variant = saved["rgba"], tuple(saved["keys"].tolist()), saved["variant"]
+  else:
+    LOG.info("rendering style %s at %d px (once; cached in %s)", name, size, path)
+    rgba, keys, variant = _render(style, catalog, size, margin, cache_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, rgba=rgba, keys=np.array(keys), variant=variant)
+    os.replace(tmp, path)
+  return StyleSet(name, render.over(rgba, background), keys, variant, rgba)
 
 
 def indistinguishable_groups(style_set: StyleSet) -> list[tuple[str, ...]]:
