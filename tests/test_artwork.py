@@ -225,3 +225,39 @@ def test_cluttered_rendering_is_seeded_and_small(fixture_world, monkeypatch):
   np.testing.assert_array_equal(a.labels, plain.labels)
   with pytest.raises(UserError, match="choose a held-out style"):
     domains.load_domain("artwork:google:plain", image_size=32)
+
+
+def test_compose_draws_the_named_look_over_a_background():
+  import jax
+  import jax.numpy as jnp
+
+  from metatpt_jax.pretrain import artwork
+  rgba = render.frame_rgba(_disc(32, 2, (220, 30, 30)), 32).astype(np.float32) / 255.0
+  cfg = artwork.compose_config()
+  cfg.background_probs = (1.0, 0.0, 0.0)  # white, so the looks are easy to read
+  cfg.scale, cfg.brightness, cfg.contrast = (1.0, 1.0), 0.0, (1.0, 1.0)
+  looks = {name: np.asarray(artwork.compose(jnp.asarray(rgba), jax.random.key(0), i, cfg))
+           for i, (name, _) in enumerate(artwork.DESCRIBED)}
+  centre = {name: image[16, 16] for name, image in looks.items()}
+  assert centre["none"][0] > 0.8 > 0.2 > centre["none"][1]                    # red
+  assert np.ptp(centre["greyscale"]) < 1e-6 and 0.2 < centre["greyscale"][0] < 0.6  # grey
+  assert centre["silhouette"].max() < 0.05                                     # black fill
+  assert centre["outline"].min() > 0.95 and looks["outline"].min() < 0.3       # lines only
+  assert looks["small"].mean() > looks["none"].mean() + 0.1                    # more white
+  for image in looks.values():
+    assert image.shape == (32, 32, 3) and 0.0 <= image.min() and image.max() <= 1.0
+
+
+def test_pretraining_v3_runs_on_artwork_and_reports_dev_zero_shot(fixture_world, tmp_path):
+  from metatpt_jax.pretrain import train
+  from tests.config_files import config_module
+  config = config_module("pretrain_v3").get_config("tiny")
+  config.sources, config.source_weights = ("png", "webp"), (1.0, 1.0)
+  config.workdir, config.progress_bar = str(tmp_path / "run"), False
+  metadata = train.run(config)
+  assert metadata["finished"] and metadata["steps"] == 2
+  assert metadata["data"]["class_names"] == ["umbrella", "waving hand", "red circle",
+                                             "blue circle"]
+  report = metadata["zero_shot_test"]
+  assert set(report) == {"iconify (dev)", "svg (dev)"}  # development splits only
+  assert report["svg (dev)"] == dict(accuracy=None, num_images=0)  # its classes were dropped

@@ -14,7 +14,7 @@ import optax
 from metatpt_jax.clip import model
 from metatpt_jax.clip.config import CLIPArch
 from metatpt_jax.image_ops import clip_normalize
-from metatpt_jax.pretrain import augment
+from metatpt_jax.pretrain import artwork, augment
 
 
 class TrainState(NamedTuple):
@@ -108,7 +108,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, arch: CLIPArch
   chex.assert_rank(batch["images"], 4)
   images = batch["images"].astype(jnp.float32) / 255.0
   keys = jax.random.split(key, images.shape[0])
-  if "ops" in batch:  # pretraining v2: one described transformation per image
+  if images.shape[-1] == 4:  # pretraining v3: artwork composed with its described look
+    images = jax.vmap(artwork.compose, in_axes=(0, 0, 0, None))(images, keys, batch["ops"],
+                                                                config.compose)
+  elif "ops" in batch:  # pretraining v2: one described transformation per image
     images = jax.vmap(augment.apply_described, in_axes=(0, 0, 0, None, None))(
         images, keys, batch["ops"], config.augment, config.described)
   else:

@@ -23,7 +23,7 @@ from metatpt_jax.clip.config import PRESETS, get_arch
 from metatpt_jax.clip.tokenizer import Tokenizer
 from metatpt_jax.data import domains
 from metatpt_jax.errors import UserError
-from metatpt_jax.pretrain import captions, evaluate, pairs, state_io, step
+from metatpt_jax.pretrain import artwork, captions, evaluate, pairs, state_io, step
 
 STATE_DIR = "train_state"
 
@@ -71,9 +71,9 @@ def _check_captions(config) -> None:
     _require(not config.captions_per_class and config.contrastive_target != "paired",
              "captions='described' needs --config.captions_per_class=0 (one caption per image) "
              "and a class target ('class_any' or 'class_uniform') over identical captions.")
-    _require(len(config.described_probs) == len(captions.DESCRIBED),
+    _require(len(config.described_probs) == len(_templates(config)),
              f"--config.described_probs has {len(config.described_probs)} entries; give one "
-             f"per described template ({len(captions.DESCRIBED)}).")
+             f"per described template ({len(_templates(config))}).")
   else:
     _require((config.contrastive_target == "paired") == (config.captions_per_class == 0),
              "--config.contrastive_target='paired' needs --config.captions_per_class=0 (one "
@@ -97,7 +97,14 @@ def _log(workdir: str, record: dict) -> None:
 
 
 def _templates(config) -> tuple:
+  if _is_artwork(config):
+    return artwork.DESCRIBED_TEMPLATES
   return captions.DESCRIBED_TEMPLATES if _described(config) else captions.TEMPLATES
+
+
+def _is_artwork(config) -> bool:
+  """Pretraining v3: `sources` are styles of emoji artwork (`data.artwork.styles`)."""
+  return config.get("data_kind", "images") == "artwork"
 
 
 def _described(config) -> bool:
@@ -107,6 +114,11 @@ def _described(config) -> bool:
 def _load_data(config, arch, tokenizer) -> pairs.PairData:
   make_captions = lambda names: captions.caption_table(
       names, _templates(config), tokenizer, arch.text.context_length)
+  if _is_artwork(config):
+    return artwork.load_artwork_pairs(tuple(config.sources), tuple(config.source_weights),
+                                      arch.vision.image_size, make_captions,
+                                      max_per_style=config.max_train_images_per_source,
+                                      seed=config.seed)
   return pairs.load_pairs(tuple(config.sources), tuple(config.source_weights),
                           arch.vision.image_size, make_captions, config.data_dir or None,
                           config.max_train_images_per_source or None, config.seed)
@@ -148,7 +160,10 @@ def _train_loop(config, arch, data, workdir) -> tuple[step.TrainState, dict, dic
 
 
 def zero_shot_report(params, arch, config, tokenizer) -> dict:
-  """Clean zero-shot top-1 (%) on the TEST split of every source, own class names each."""
+  """Clean zero-shot top-1 (%) on the TEST split of every source, own class names each
+  (artwork: on every held-out style's development split, over all classes)."""
+  if _is_artwork(config):
+    return _artwork_zero_shot(params, arch, config, tokenizer)
   report = {}
   for name in config.sources:
     domain = domains.load_domain(f"{name}:clean", split="test",
@@ -160,6 +175,19 @@ def zero_shot_report(params, arch, config, tokenizer) -> dict:
                                              domain.class_names, captions.EVAL_TEMPLATES,
                                              tokenizer),
         num_images=len(domain.labels))
+  return report
+
+
+def _artwork_zero_shot(params, arch, config, tokenizer) -> dict:
+  from metatpt_jax.data.artwork import world
+  report = {}
+  for style in world.HELD_OUT_STYLES:
+    domain = domains.load_domain(f"artwork:{style}", split="dev", image_size=arch.vision.image_size,
+                                 num_images=config.eval_images or None, seed=config.seed)
+    accuracy = None if not len(domain.labels) else evaluate.zero_shot_accuracy(
+        params, arch, domain.images, domain.labels, domain.class_names, artwork.EVAL_TEMPLATES,
+        tokenizer)
+    report[f"{style} (dev)"] = dict(accuracy=accuracy, num_images=len(domain.labels))
   return report
 
 
@@ -190,7 +218,8 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
                 templates=list(_templates(config))),
       final_metrics=metrics,
       zero_shot_test=zero_shot_report(params, arch, config, tokenizer),
-      eval_templates=list(captions.EVAL_TEMPLATES),
+      eval_templates=list(artwork.EVAL_TEMPLATES if _is_artwork(config)
+                          else captions.EVAL_TEMPLATES),
       config=json.loads(config.to_json()),
       jax_version=jax.__version__, num_parameters=int(sum(
           np.size(x) for x in jax.tree_util.tree_leaves(params))))
