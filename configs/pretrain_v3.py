@@ -46,7 +46,7 @@ def get_config(arg: str = ""):
   c.compose = artwork.compose_config()
   if arg != "tiny":
     c.arch = "small_v3"
-    c.total_steps = 4000  # about 1.0 s a step on 2 cores: about 70 minutes
+    c.total_steps = 3000  # about 1.0 s a step on 2 cores: about 50 minutes
     c.warmup_steps = 200
   else:
     c.max_train_images_per_source = 50
