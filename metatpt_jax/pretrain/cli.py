@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     return
   scores = ", ".join(f"{k} {v['accuracy']:.1f}%" for k, v in metadata["zero_shot_test"].items())
   print(f"Wrote {config.workdir}: {metadata['steps']} steps in "
-        f"{metadata['wall_time_s']:.0f} s; clean zero-shot test accuracy: {scores}")
+        f"{metadata['wall_time_s']:.0f} s; clean zero-shot accuracy: {scores}")
 
 
 if __name__ == "__main__":
