@@ -12,20 +12,15 @@ What changes from configs/pretrain_small.py, and why (chosen on shifted *train* 
 - a multi-positive target over identical captions (same class and transformation), in place of a
   uniform target over every caption of a class, which let the temperature sit at 14.
 """
-import importlib.util
 import math
-import os
 
+from metatpt_jax import cli_util
 from metatpt_jax.pretrain import augment, captions
 
 
 def _base_config(arg):
-  """configs/pretrain_small.py's get_config (loaded by path: configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_small.py")
-  spec = importlib.util.spec_from_file_location("pretrain_small", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """configs/pretrain_small.py's get_config."""
+  return cli_util.sibling_config(__file__, "pretrain_small", arg)
 
 
 def get_config(arg: str = ""):

@@ -11,21 +11,16 @@ picture at a random scale and place over a random background, so neither carries
 The recipe is a first candidate: it is to be chosen on the held-out styles' development split
 (metadata.json reports zero-shot there), never on their test split.
 """
-import importlib.util
 import math
-import os
 
+from metatpt_jax import cli_util
 from metatpt_jax.data.artwork import world
 from metatpt_jax.pretrain import artwork
 
 
 def _base_config(arg):
-  """configs/pretrain_small.py's get_config (loaded by path: configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_small.py")
-  spec = importlib.util.spec_from_file_location("pretrain_small", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """configs/pretrain_small.py's get_config."""
+  return cli_util.sibling_config(__file__, "pretrain_small", arg)
 
 
 def get_config(arg: str = ""):

@@ -83,3 +83,14 @@ def parse_config(argv: list[str], config_flag, example: str):
   if value is None:
     raise UserError(f"--config is required (usage: {example})")
   return value
+
+
+def sibling_config(config_file: str, name: str, arg: str = ""):
+  """get_config(arg) of configs/<name>.py beside `config_file` (a config building on another;
+  loaded by path, since configs/ is not a package)."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
