@@ -19,8 +19,7 @@ import ml_collections
 import numpy as np
 
 from metatpt_jax import views
-from metatpt_jax.clip.config import EOT_TOKEN_ID
-from metatpt_jax.pretrain.pairs import PairData
+from metatpt_jax.pretrain.pairs import PairData, trimmed_captions
 
 DESCRIBED = (
     ("none", "an emoji of {}."),
@@ -63,10 +62,8 @@ def load_artwork_pairs(style_names, weights, image_size: int, make_captions,
     labels.append([label_of[style_set.keys[i]] for i in keep])
     probs.append(np.full(len(keep), weight / len(keep)))
   names = [catalog.classes[k].name for k in universe]
-  table = make_captions(names)
-  length = int(np.max(np.argmax(table == EOT_TOKEN_ID, axis=-1))) + 1
   return PairData(np.concatenate(images), np.concatenate(labels).astype(np.int32),
-                  np.concatenate(probs), names, table[..., :length])
+                  np.concatenate(probs), names, trimmed_captions(make_captions(names)))
 
 
 def _edges(rgba):

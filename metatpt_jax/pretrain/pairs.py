@@ -61,10 +61,15 @@ def load_pairs(source_names, weights, image_size: int, make_captions, data_dir=N
     labels.append(y + len(names))
     probs.append(np.full(len(y), weight / len(y)))
     names += class_names
-  table = make_captions(names)
-  length = int(np.max(np.argmax(table == EOT_TOKEN_ID, axis=-1))) + 1
   return PairData(np.concatenate(images), np.concatenate(labels).astype(np.int32),
-                  np.concatenate(probs), names, table[..., :length])
+                  np.concatenate(probs), names, trimmed_captions(make_captions(names)))
+
+
+def trimmed_captions(table: np.ndarray) -> np.ndarray:
+  """The caption table [C, T, L] cut after the longest caption's EOT (exact: with the causal
+  mask, later positions never reach the pooled feature)."""
+  length = int(np.max(np.argmax(table == EOT_TOKEN_ID, axis=-1))) + 1
+  return table[..., :length]
 
 
 def sample_batch(data: PairData, seed: int, step: int, batch_size: int,

@@ -40,10 +40,15 @@ def frame_rgba(rgba: np.ndarray, size: int, margin: float = 0.1) -> np.ndarray |
   square = np.zeros((side, side, 4), np.float32)
   y, x = (side - h) // 2, (side - w) // 2
   square[y:y + h, x:x + w] = content
-  channels = [Image.fromarray(square[..., c]).resize((size, size), Image.Resampling.LANCZOS)
-              for c in range(4)]
-  return np.clip(np.round(np.stack([np.asarray(c) for c in channels], -1)), 0, 255).astype(
-      np.uint8)
+  return resize_rgba(square, size)
+
+
+def resize_rgba(premultiplied: np.ndarray, size: int) -> np.ndarray:
+  """Premultiplied RGBA [H, W, 4] -> uint8 [size, size, 4], each channel Lanczos-resized (in
+  float, so nothing clips before the end)."""
+  channels = [np.asarray(Image.fromarray(premultiplied[..., c].astype(np.float32)).resize(
+      (size, size), Image.Resampling.LANCZOS)) for c in range(4)]
+  return np.clip(np.round(np.stack(channels, -1)), 0, 255).astype(np.uint8)
 
 
 def over(premultiplied: np.ndarray, background) -> np.ndarray:

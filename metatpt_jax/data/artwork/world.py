@@ -70,8 +70,7 @@ def _cluttered(rgba, index: int, seed: int, size: int) -> np.ndarray:
   collage = np.asarray(Image.fromarray(collage).resize((size, size), Image.Resampling.BILINEAR))
   background = 255 - 0.45 * (255 - collage.astype(np.float32))  # dimmed toward white
   side = int(round(size * rng.uniform(0.35, 0.55)))
-  small = np.stack([np.asarray(Image.fromarray(rgba[index][..., c]).resize(
-      (side, side), Image.Resampling.LANCZOS)) for c in range(4)], -1)
+  small = render.resize_rgba(rgba[index], side)
   y, x = rng.integers(0, size - side + 1, 2)
   out = background.copy()
   out[y:y + side, x:x + side] = render.over(small, background[y:y + side, x:x + side])
