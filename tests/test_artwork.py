@@ -232,17 +232,24 @@ def test_compose_draws_the_named_look_over_a_background():
   import jax.numpy as jnp
 
   from metatpt_jax.pretrain import artwork
-  rgba = render.frame_rgba(_disc(32, 2, (220, 30, 30)), 32).astype(np.float32) / 255.0
+  picture = _disc(32, 2, (220, 30, 30))
+  picture[12:20, 12:20, :3] = (30, 30, 220)  # a blue square inside: one inner boundary
+  rgba = render.frame_rgba(picture, 32).astype(np.float32) / 255.0
   cfg = artwork.compose_config()
   cfg.background_probs = (1.0, 0.0, 0.0)  # white, so the looks are easy to read
   cfg.scale, cfg.brightness, cfg.contrast = (1.0, 1.0), 0.0, (1.0, 1.0)
+  cfg.thick_prob = 0.0
   looks = {name: np.asarray(artwork.compose(jnp.asarray(rgba), jax.random.key(0), i, cfg))
            for i, (name, _) in enumerate(artwork.DESCRIBED)}
   centre = {name: image[16, 16] for name, image in looks.items()}
-  assert centre["none"][0] > 0.8 > 0.2 > centre["none"][1]                    # red
-  assert np.ptp(centre["greyscale"]) < 1e-6 and 0.2 < centre["greyscale"][0] < 0.6  # grey
-  assert centre["silhouette"].max() < 0.05                                     # black fill
-  assert centre["outline"].min() > 0.95 and looks["outline"].min() < 0.3       # lines only
+  assert centre["none"][2] > 0.8 > 0.2 > centre["none"][0]                    # blue
+  assert np.ptp(centre["greyscale"]) < 1e-6 and 0.1 < centre["greyscale"][0] < 0.6  # grey
+  row = looks["silhouette"][16, :, 0]  # black fill, a white line where red meets blue
+  assert centre["silhouette"].max() < 0.05 and row[6:10].max() < 0.05
+  assert row[10:14].max() > 0.7 and row[0] > 0.95  # the inner line, the white background
+  row = looks["outline"][16, :, 0]     # white, dark strokes on both boundaries only
+  assert centre["outline"].min() > 0.95 and row[6:10].min() > 0.95
+  assert row[:6].min() < 0.3 and row[10:14].min() < 0.3
   assert looks["small"].mean() > looks["none"].mean() + 0.1                    # more white
   for image in looks.values():
     assert image.shape == (32, 32, 3) and 0.0 <= image.min() and image.max() <= 1.0

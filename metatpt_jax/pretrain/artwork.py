@@ -8,8 +8,8 @@ the template that names it, v2's lesson: context words that describe the image a
 context tuning can pull. The picture is placed at a random scale and place over a random
 background (white, a colour, a gradient) with mild colour jitter, so scale, place and background
 carry no class information. Silhouettes and outlines are made from the picture's own alpha and
-edges: the look of line art and high-contrast icons, named in words, never the held-out artists'
-drawings themselves.
+colour boundaries, drawn as strokes of one width: the look of line art and high-contrast icons,
+named in words, never the held-out artists' drawings themselves.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def compose_config() -> ml_collections.ConfigDict:
       small_scale=(0.3, 0.5),   # ... for the "small" transformation
       background_probs=(0.4, 0.3, 0.3),  # white, a random colour, a random gradient
       brightness=0.1, contrast=(0.7, 1.2),  # mild jitter of the composed image
-      outline_gain=4.0,         # edge strength -> line opacity
+      edge_threshold=(0.2, 0.4),   # colour step that draws a line (random per image)
+      thick_prob=0.2,           # lines 2 px wide instead of 1 with this probability
   ))
 
 
@@ -67,23 +68,40 @@ def load_artwork_pairs(style_names, weights, image_size: int, make_captions,
 
 
 def _edges(rgba):
-  """Edge strength [S, S] of premultiplied RGBA (colour and alpha boundaries)."""
+  """Colour and alpha steps [S, S] of premultiplied RGBA: the largest channel difference to the
+  right and lower neighbour."""
   dy = jnp.abs(jnp.diff(rgba, axis=0, append=rgba[-1:])).max(-1)
   dx = jnp.abs(jnp.diff(rgba, axis=1, append=rgba[:, -1:])).max(-1)
   return jnp.maximum(dx, dy)
 
 
-def _looks(rgba, op, cfg):
-  """The picture as transformation `op` draws it (premultiplied RGBA in [0, 1])."""
+def _lines(rgba, key, cfg):
+  """Where a pen would draw [S, S] in {0, 1}: every colour or alpha step above a random
+  threshold, as uniform strokes 1 or 2 px wide (line art draws lines of one width whatever the
+  colours' contrast, so the edge strength itself is thresholded, never used as opacity)."""
+  k_t, k_w = jax.random.split(key)
+  threshold = jax.random.uniform(k_t, (), minval=cfg.edge_threshold[0],
+                                 maxval=cfg.edge_threshold[1])
+  line = (_edges(rgba) > threshold).astype(rgba.dtype)
+  thick = jax.lax.reduce_window(line, 0.0, jax.lax.max, (2, 2), (1, 1), "SAME")
+  return jnp.where(jax.random.bernoulli(k_w, cfg.thick_prob), thick, line)
+
+
+def _looks(rgba, op, key, cfg):
+  """The picture as transformation `op` draws it (premultiplied RGBA in [0, 1]): as drawn, in
+  grey, as a black silhouette whose inner colour boundaries show as white lines (the look of
+  high-contrast icons), as black strokes along every boundary (line art), or as drawn (small)."""
   alpha = rgba[..., 3:]
   grey = jnp.broadcast_to(rgba[..., :3] @ jnp.array([0.299, 0.587, 0.114])[:, None],
                           rgba[..., :3].shape)
-  line = jnp.clip(cfg.outline_gain * _edges(rgba), 0.0, 1.0)[..., None]
+  line = _lines(rgba, key, cfg)[..., None]
+  inner = line * (alpha > 0.99)
+  black = jnp.zeros_like(grey)
   return jax.lax.switch(op, (
       lambda: rgba,
       lambda: jnp.concatenate([grey, alpha], -1),
-      lambda: jnp.concatenate([jnp.zeros_like(grey), alpha], -1),
-      lambda: jnp.concatenate([jnp.zeros_like(grey), line], -1),
+      lambda: jnp.concatenate([jnp.broadcast_to(inner * alpha, grey.shape), alpha], -1),
+      lambda: jnp.concatenate([black, line], -1),
       lambda: rgba))
 
 
@@ -102,7 +120,7 @@ def compose(rgba: jax.Array, key: jax.Array, op: jax.Array, cfg) -> jax.Array:
   """One training image [S, S, 3] in [0, 1] from premultiplied RGBA [S, S, 4] in [0, 1]:
   transformation `op` (an index into DESCRIBED), a random scale and place, a background."""
   size = rgba.shape[0]
-  k_scale, k_place, k_bg, k_jit = jax.random.split(key, 4)
+  k_scale, k_place, k_bg, k_jit, k_look = jax.random.split(key, 5)
   lo, hi = jnp.where(op == 4, jnp.asarray(cfg.small_scale), jnp.asarray(cfg.scale))
   scale = jax.random.uniform(k_scale, (), minval=lo, maxval=hi)
   center = (1 - scale) * jax.random.uniform(k_place, (2,), minval=-1.0, maxval=1.0)
@@ -111,7 +129,7 @@ def compose(rgba: jax.Array, key: jax.Array, op: jax.Array, cfg) -> jax.Array:
   grid = (jnp.arange(size, dtype=rgba.dtype) * 2 + 1) / size - 1
   gu, gv = jnp.meshgrid(grid, grid, indexing="xy")
   inside = (jnp.abs(jnp.stack([gu, gv], -1) - center) <= scale).all(-1)[..., None]
-  placed = jnp.where(inside, views.affine_warp(_looks(rgba, op, cfg), theta), 0.0)
+  placed = jnp.where(inside, views.affine_warp(_looks(rgba, op, k_look, cfg), theta), 0.0)
   image = placed[..., :3] + (1 - placed[..., 3:]) * _background(k_bg, size, cfg)
   k_b, k_c = jax.random.split(k_jit)
   shift = jax.random.uniform(k_b, (), minval=-cfg.brightness, maxval=cfg.brightness)
