@@ -89,9 +89,10 @@ def make_step(kind: str, spec, mspec: ModelSpec, mesh: jax.sharding.Mesh | None 
 
   With `mesh`, the batch axis of every batch entry is split over `DATA_AXIS` (the batch size
   must be a multiple of the axis size) and the state is replicated. Episodic methods return
-  the state unchanged; online ones (`registry.Method.stream`) return it carried past the batch.
+  the state unchanged; online ones (`registry.Method.is_online`) return it carried past the
+  batch.
   """
-  if registry.get(kind).stream is not None:  # online: the state carries (an unknown fails)
+  if registry.get(kind).is_online(spec):  # online: the state carries (an unknown fails)
     return _checked(jax.jit(_stream_step(kind, spec, mspec, mesh)), mspec)
   fn = functools.partial(adapt_batch, kind=kind, spec=spec, mspec=mspec)
   if mesh is not None:

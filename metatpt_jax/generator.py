@@ -11,11 +11,22 @@ transforms built from named, bounded factors:
   flip      sign of the raw factor: a hard +-1 (a soft sign in (-1, 1) would squeeze the
             crop horizontally instead of mirroring it), so phi gets no gradient through it
 
+With `photometric=True` five photometric factors follow, each the identity at raw value 0:
+
+  brightness in [-max_brightness, max_brightness]      added to every pixel
+  contrast   in [1/max_contrast, max_contrast]         scales about the view's mean
+  saturation in [1/max_saturation, max_saturation]     scales about the pixel's grey value
+  gamma      in [1/max_gamma, max_gamma]               pixel ** gamma
+  blur       in [0, max_blur]                          mix towards the 3x3 box blur (0 for
+                                                       raw <= 0)
+
 Each factor is a fixed squashing of (z + delta_phi(z, feature)), where z ~ N(0, I) and the MLP's
 last layer starts at zero. So at initialisation area and log-ratio are uniform on their ranges
 (normal CDF of a standard normal), the centre is uniform over valid positions and flips are
 +-1 with probability 1/2 -- the distribution of TPT's RandomResizedCrop + flip -- while rotation
 and shear start at exactly 0 (their noise is scaled by 0 until the generator learns otherwise).
+The photometric factors' noise is scaled by `photometric_noise` (mild jitter at initialisation;
+0 starts them at the identity).
 """
 from __future__ import annotations
 
@@ -32,7 +43,8 @@ from jax.scipy.stats import norm
 from metatpt_jax import views as views_lib
 
 FACTORS = ("area", "log_ratio", "center_x", "center_y", "rotation", "shear", "flip")
-NUM_FACTORS = len(FACTORS)
+NUM_FACTORS = len(FACTORS)  # the affine factors every generator has
+PHOTOMETRIC_FACTORS = ("brightness", "contrast", "saturation", "gamma", "blur")
 # Noise scale per factor at init: rotation and shear start at the identity.
 _NOISE_SCALE = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0], np.float32)  # NumPy: no backend at import
 
@@ -50,36 +62,68 @@ class GeneratorSpec(NamedTuple):
   # a direct handle on the crop distribution (where the crops sit, how large, how rotated),
   # which one inner step can move visibly, unlike the MLP behind its zero-initialised layer.
   factor_shift: bool = False
+  # Photometric factors beside the affine ones (PHOTOMETRIC_FACTORS), their bounds, and the
+  # scale of their noise at initialisation.
+  photometric: bool = False
+  max_brightness: float = 0.2
+  max_contrast: float = 1.5
+  max_saturation: float = 1.5
+  max_gamma: float = 1.5
+  max_blur: float = 1.0
+  photometric_noise: float = 0.5
+
+
+def num_factors(spec: GeneratorSpec) -> int:
+  """Raw factors per view: the affine ones, then the photometric ones when enabled."""
+  return NUM_FACTORS + (len(PHOTOMETRIC_FACTORS) if spec.photometric else 0)
+
+
+def _noise_scale(spec: GeneratorSpec) -> np.ndarray:
+  photometric = [spec.photometric_noise] * (num_factors(spec) - NUM_FACTORS)
+  return np.concatenate([_NOISE_SCALE, np.asarray(photometric, np.float32)])
+
+
+class Transforms(NamedTuple):
+  """What the generator makes of K noise vectors: affines [K, 2, 3] and, with
+  `photometric=True`, photometric factors [K, 5] (PHOTOMETRIC_FACTORS' values), else None."""
+  theta: jax.Array
+  photometric: jax.Array | None = None
 
 
 class _DeltaMLP(nn.Module):
   hidden: int
+  outputs: int
 
   @nn.compact
   def __call__(self, x):
     h = nn.gelu(nn.Dense(self.hidden, name="hidden")(x))
     # zero init: the generator starts exactly at the TPT-like base distribution
-    return nn.Dense(NUM_FACTORS, kernel_init=nn.initializers.zeros, name="out")(h)
+    return nn.Dense(self.outputs, kernel_init=nn.initializers.zeros, name="out")(h)
 
 
 def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dict:
   """Generator parameters phi (a pytree)."""
-  in_dim = NUM_FACTORS + (feature_dim if spec.use_feature else 0)
-  params = dict(_DeltaMLP(spec.hidden).init(key, jnp.zeros((1, in_dim)))["params"])
+  n = num_factors(spec)
+  in_dim = n + (feature_dim if spec.use_feature else 0)
+  params = dict(_DeltaMLP(spec.hidden, n).init(key, jnp.zeros((1, in_dim)))["params"])
   if spec.factor_shift:
-    params["shift"] = jnp.zeros((NUM_FACTORS,))
+    params["shift"] = jnp.zeros((n,))
   return params
 
 
-def sample_noise(key: jax.Array, num: int) -> jax.Array:
-  """[num, NUM_FACTORS] standard normal noise z, fixed per sample across inner/outer steps."""
-  return jax.random.normal(key, (num, NUM_FACTORS))
+def sample_noise(key: jax.Array, num: int, spec: GeneratorSpec = GeneratorSpec()) -> jax.Array:
+  """[num, num_factors(spec)] standard normal noise z, fixed per sample across inner/outer
+  steps."""
+  return jax.random.normal(key, (num, num_factors(spec)))
 
 
 def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array | None):
   """Pre-squashing factors [K, F] and the generator's deviation from the base [K, F]."""
   chex.assert_rank(noise, 2)
-  base = noise * jnp.asarray(_NOISE_SCALE, noise.dtype)
+  if noise.shape[-1] != num_factors(spec):
+    raise ValueError(f"noise has {noise.shape[-1]} factors; this generator needs "
+                     f"{num_factors(spec)}: draw it with sample_noise(key, num, spec).")
+  base = noise * jnp.asarray(_noise_scale(spec), noise.dtype)
   inputs = noise
   if spec.use_feature:
     if feature is None:
@@ -87,7 +131,7 @@ def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array |
     feat = jax.lax.stop_gradient(feature / jnp.linalg.norm(feature))
     inputs = jnp.concatenate([noise, jnp.broadcast_to(feat, (noise.shape[0],) + feat.shape)], -1)
   mlp = {k: v for k, v in phi.items() if k != "shift"}
-  delta = _DeltaMLP(spec.hidden).apply({"params": mlp}, inputs)
+  delta = _DeltaMLP(spec.hidden, num_factors(spec)).apply({"params": mlp}, inputs)
   if spec.factor_shift:
     delta = delta + phi["shift"].astype(delta.dtype)
   return base + delta, delta
@@ -117,23 +161,68 @@ def factors_to_theta(raw: jax.Array, spec: GeneratorSpec) -> tuple[jax.Array, di
   return theta, named
 
 
-def generate_thetas(phi, spec: GeneratorSpec, noise, feature=None):
-  """K affines [K, 2, 3], named factors {name: [K]}, and the deviation penalty (scalar).
+def photometric_factors(raw: jax.Array, spec: GeneratorSpec) -> jax.Array:
+  """Squashes raw photometric factors [5] into (brightness, contrast, saturation, gamma, blur),
+  each the identity at raw value 0."""
+  t = jnp.tanh(raw)
+  log_scale = lambda bound, x: jnp.exp(math.log(bound) * x)
+  return jnp.stack([spec.max_brightness * t[0], log_scale(spec.max_contrast, t[1]),
+                    log_scale(spec.max_saturation, t[2]), log_scale(spec.max_gamma, t[3]),
+                    spec.max_blur * jax.nn.relu(t[4])])
+
+
+def generate_transforms(phi, spec: GeneratorSpec, noise, feature=None):
+  """K transforms (`Transforms`), named factors {name: [K]}, and the deviation penalty (scalar).
 
   The penalty is the mean squared deviation of the raw factors from their base distribution,
   which keeps learned views near TPT-like crops (the sample's content stays in view).
   """
   raw, delta = raw_factors(phi, spec, noise, feature)
-  thetas, named = jax.vmap(lambda r: factors_to_theta(r, spec))(raw)
-  return thetas, named, jnp.mean(delta ** 2)
+  thetas, named = jax.vmap(lambda r: factors_to_theta(r, spec))(raw[:, :NUM_FACTORS])
+  photometric = None
+  if spec.photometric:
+    photometric = jax.vmap(lambda r: photometric_factors(r, spec))(raw[:, NUM_FACTORS:])
+    named.update({name: photometric[:, i] for i, name in enumerate(PHOTOMETRIC_FACTORS)})
+  return Transforms(thetas, photometric), named, jnp.mean(delta ** 2)
+
+
+def generate_thetas(phi, spec: GeneratorSpec, noise, feature=None):
+  """The affine part of `generate_transforms`: affines [K, 2, 3], named factors, penalty."""
+  transforms, named, penalty = generate_transforms(phi, spec, noise, feature)
+  return transforms.theta, named, penalty
 
 
 def learned_views(phi, spec: GeneratorSpec, image: jax.Array, noise, feature=None,
                   source: views_lib.Source | None = None):
-  """View 0 = `image` [S, S, 3]; views 1..K warped by G_phi from `source` (default: `image`),
+  """View 0 = `image` [S, S, 3]; views 1..K made by G_phi from `source` (default: `image`),
   whose centred square is the generator's unit frame. Returns ([K+1, S, S, 3], penalty)."""
-  thetas, _, penalty = generate_thetas(phi, spec, noise, feature)
-  return jnp.concatenate([image[None], warp_views(thetas, image, source)], axis=0), penalty
+  transforms, _, penalty = generate_transforms(phi, spec, noise, feature)
+  return jnp.concatenate([image[None], apply_transforms(transforms, image, source)],
+                         axis=0), penalty
+
+
+def adjust_photometric(view: jax.Array, factors: jax.Array) -> jax.Array:
+  """One view [S, S, 3] in [0, 1] under (brightness, contrast, saturation, gamma, blur): blur,
+  gamma, saturation, contrast, then brightness, clipped to [0, 1]."""
+  brightness, contrast, saturation, gamma, blur = factors
+  box = jax.lax.reduce_window(jnp.pad(view, ((1, 1), (1, 1), (0, 0)), mode="edge"), 0.0,
+                              jax.lax.add, (3, 3, 1), (1, 1, 1), "VALID") / 9.0
+  x = (1 - blur) * view + blur * box
+  x = jnp.maximum(x, 1e-4) ** gamma  # no infinite slope at 0
+  grey = x @ jnp.asarray([0.299, 0.587, 0.114], x.dtype)
+  x = grey[..., None] + saturation * (x - grey[..., None])
+  mean = jnp.mean(x)
+  x = mean + contrast * (x - mean) + brightness
+  return jnp.clip(x, 0.0, 1.0)
+
+
+def apply_transforms(transforms: Transforms, image: jax.Array,
+                     source: views_lib.Source | None = None) -> jax.Array:
+  """The views [K, S, S, 3] the transforms make of `source` (default: `image`)."""
+  out = warp_views(transforms.theta, image, source)
+  if transforms.photometric is None:
+    return out
+  return jax.vmap(adjust_photometric)(out, transforms.photometric.astype(out.dtype))
 
 
 def warp_views(thetas: jax.Array, image: jax.Array, source: views_lib.Source | None = None):

@@ -142,6 +142,29 @@ register_inner_objective("embedding_agreement", InnerObjective(
 register_inner_objective("confident_agreement", InnerObjective(
     per_view=lambda lg, f, ref_lg, ref_f: view_entropy(lg) + kl_from_reference_per_view(lg,
                                                                                       ref_lg)))
+
+
+def confident_consensus(logits: jax.Array, keep_fraction: float = 0.1) -> jax.Array:
+  """Agreement among the most confident generated views, view 0 left out: the mean KL of each
+  of the int(keep_fraction * K) (at least 2: one view agrees with itself) lowest-entropy views
+  [K, C] to their average."""
+  num_keep = min(logits.shape[0], max(2, int(logits.shape[0] * keep_fraction)))
+  return kl_to_mean(logits[select_confident(logits, num_keep)])
+
+
+def feature_consensus(features: jax.Array) -> jax.Array:
+  """Image-feature invariance with no anchor: the mean cosine distance of each view's
+  feature [K, E] to the mean of their normalised features."""
+  f = features / jnp.linalg.norm(features, axis=-1, keepdims=True)
+  return jnp.mean(cosine_distance_per_view(f, jnp.mean(f, axis=0)))
+
+
+# Objectives not anchored on view 0's prediction (v2's analysis: anchoring on view 0 teaches
+# the generator to copy the image the prompt already sees). Generated views only.
+register_inner_objective("confident_consensus", InnerObjective(
+    whole=lambda logits, feats: confident_consensus(logits[1:])))
+register_inner_objective("feature_consensus", InnerObjective(
+    whole=lambda logits, feats: feature_consensus(feats[1:]), reads_prompt=False))
 # The entropy of the marginal over all views: not a mean of per-view terms.
 register_inner_objective("marginal_entropy", InnerObjective(
     whole=lambda logits, feats: marginal_entropy(logits)))

@@ -11,6 +11,10 @@ order="first" stops it at phi' (FOMAML: d phi'/d phi = I, d phi'/d p = 0). The p
 meta-gradient has a second-order term only when L_aux reads p (`InnerObjective.reads_prompt`:
 "view_kl" does, "embedding_agreement" does not).
 
+Variants (`MetaTPTSpec` fields): photometric generator factors (`generator.photometric`), inner
+objectives not anchored on view 0 (aux_loss="confident_consensus" | "feature_consensus"), a
+generator that persists along the stream (generator_memory="stream", online).
+
 Ablations (all `MetaTPTSpec` fields): augment="fixed" (TPT's views, the spec's `view_kind`, no
 generator), schedule="joint" (one joint step on L_aux + L_out, no inner step), order="first",
 and the offline augmenter (`offline_generator.fit_offline_generator` learns phi across a stream,
@@ -71,6 +75,11 @@ class MetaTPTSpec(ConfidentViewsSpec):
   # costs a recomputation of the inner pass in the outer backward. 0: all views at once.
   # Needs an inner objective that is a mean of per-view terms.
   view_chunk: int = 0
+  # episodic: every sample starts from the same generator phi (the reconstruction); stream: the
+  # generator a sample ends with is the next sample's start (online, as the paper's "online
+  # beats offline" ablation suggests; the prompt still resets). A stream runs in order on one
+  # device, as TDA does (`metatpt_stream`).
+  generator_memory: Literal["episodic", "stream"] = "episodic"
 
   later_fields = ("view_kind", "crop_scale")   # the fixed views were TPT's crops before
   code_fields = ("recompute_kept",)
@@ -78,7 +87,8 @@ class MetaTPTSpec(ConfidentViewsSpec):
   def switches(self) -> tuple:
     # view_chunk splits only the inner step's gradient: the learned views' dual loop.
     chunked = self.view_chunk > 0 and self.augment == "learned" and self.schedule == "dual_loop"
-    return (chunked, self.generator.factor_shift, self.generator.use_feature)
+    return (chunked, self.generator.factor_shift, self.generator.use_feature,
+            self.generator.photometric)
 
   def takes_dataset_views(self) -> bool:
     return self.augment == "fixed"  # the fixed-views ablation tunes on TPT's views
@@ -100,6 +110,10 @@ class MetaTPTSpec(ConfidentViewsSpec):
       raise UserError(f"MetaTPTSpec.view_chunk={self.view_chunk} needs an inner objective that "
                       f"is a mean of per-view terms ({per_view}); aux_loss={self.aux_loss!r} "
                       "is not: set view_chunk=0.")
+    if self.generator_memory == "stream" and self.augment != "learned":
+      raise UserError(f"MetaTPTSpec.generator_memory='stream' carries the learned generator "
+                      f"along the stream; augment={self.augment!r} has none: use "
+                      "augment='learned' or generator_memory='episodic'.")
     if self.outer_steps < 1 or self.inner_steps < 0:
       raise UserError("MetaTPT needs outer_steps >= 1 and inner_steps >= 0; got outer_steps="
                       f"{self.outer_steps}, inner_steps={self.inner_steps}.")
@@ -262,6 +276,22 @@ def _adapt_one(frozen, phi, image, key, spec, mspec, source=None):
   return out, dict(loss=metrics["loss"])
 
 
+def metatpt_stream(frozen: FrozenCLIP, phi, images, keys, spec: MetaTPTSpec, mspec: ModelSpec,
+                   sources: views.Source | None = None):
+  """generator_memory="stream": images [B, S, S, 3] in order, each adapted as
+  `metatpt_adapt_one_sample` does from the generator the previous sample ended with (the prompt
+  resets every sample). Returns (phi after the batch, logits [B, C], metrics)."""
+  chex.assert_rank(images, 4)
+
+  def step(phi, xs):
+    image, key, source = xs
+    out, metrics = metatpt_adapt_one_sample(frozen, phi, image, key, spec, mspec, source)
+    return metrics["phi"], (out, metrics["loss"])
+
+  phi, (out, loss) = jax.lax.scan(step, phi, (images, keys, sources))
+  return phi, out, dict(loss=loss)
+
+
 def _init_generator(key, spec, arch, num_classes):
   del num_classes
   return gen.init_generator(key, spec.generator, arch.embed_dim)
@@ -280,6 +310,7 @@ def _fit_offline(state, spec, mspec, images, sources: views.Source | None, key):
 
 registry.register(registry.Method(
     "metatpt", _adapt_one, spec_type=MetaTPTSpec, init_state=_init_generator,
+    stream=metatpt_stream, online=lambda spec: spec.generator_memory == "stream",
     variants={"metatpt_first_order": dict(order="first"), "metatpt_joint": dict(schedule="joint"),
               "metatpt_fixed_aug": dict(augment="fixed"),
               "metatpt_offline": dict(augment="frozen")},

@@ -36,8 +36,8 @@ def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec,
   """The episode of one image: its view-0 feature (no gradient), spec.n_views - 1 noise vectors
   from key and the source the views are cut from (default: the image itself)."""
   feature0 = jax.lax.stop_gradient(encode_images(frozen, image[None], mspec)[0])
-  return Episode(image, feature0, gen.sample_noise(key, spec.n_views - 1).astype(image.dtype),
-                 source)
+  noise = gen.sample_noise(key, spec.n_views - 1, spec.generator).astype(image.dtype)
+  return Episode(image, feature0, noise, source)
 
 
 def view_features(frozen, phi, ep: Episode, spec, mspec: ModelSpec):
@@ -83,8 +83,8 @@ def chunked_inner_grad(frozen, phi, ctx, ep: Episode, spec, mspec,
   ref_logits = None if text is None else logits(frozen, ep.feature0[None], text)[0]
 
   def chunk_loss(phi, text, ref_logits, noise_c, weight_c):
-    thetas, _, _ = gen.generate_thetas(phi, spec.generator, noise_c, ep.feature0)
-    feats = encode_images(frozen, gen.warp_views(thetas, ep.image, ep.source), mspec,
+    transforms, _, _ = gen.generate_transforms(phi, spec.generator, noise_c, ep.feature0)
+    feats = encode_images(frozen, gen.apply_transforms(transforms, ep.image, ep.source), mspec,
                           remat=mspec.remat)
     view_logits = None if text is None else logits(frozen, feats, text)
     return jnp.sum(weight_c * objective.per_view(view_logits, feats, ref_logits, ep.feature0))

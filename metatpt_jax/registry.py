@@ -36,7 +36,10 @@ class Method:
     empty caches), or None.
   stream(frozen, method_state, images [B, S, S, 3], keys [B], spec, mspec, sources | None) ->
     (method_state, logits [B, C], metrics): set for online methods (TDA), whose state carries
-    from sample to sample; they have no `adapt_one`, and `adapt.make_step` scans the batch.
+    from sample to sample; `adapt.make_step` scans the batch.
+  online(spec) -> whether this spec runs as a stream: needed when a method has both adapt_one
+    and stream (MetaTPT: episodic, or online with a generator that persists along the stream);
+    otherwise a method is online exactly when it has only `stream`.
   group: which of the benchmark's method tables it belongs to: "main" (zero-shot, TPT,
     MetaTPT: `bench.defaults.all_methods`) or "baseline" (`bench.defaults.baselines`).
   variants: named ablations, name -> spec-field overrides (each a row of `all_methods`).
@@ -59,16 +62,27 @@ class Method:
   prepare: Callable | None = None
   config_fields: dict = dataclasses.field(default_factory=dict)
   view_pairs: Callable[[Any], Callable | None] = lambda spec: None
+  online: Callable[[Any], bool] | None = None
 
   def __post_init__(self):
     if self.group not in GROUPS:
       raise UserError(f"Method {self.name!r}: group={self.group!r}; choose one of {GROUPS}.")
-    if (self.adapt_one is None) == (self.stream is None):
-      raise UserError(f"Method {self.name!r} needs exactly one of adapt_one (episodic) and "
-                      "stream (online).")
+    if self.adapt_one is None and self.stream is None:
+      raise UserError(f"Method {self.name!r} needs adapt_one (episodic), stream (online) or "
+                      "both.")
+    if self.adapt_one is not None and self.stream is not None and self.online is None:
+      raise UserError(f"Method {self.name!r} has both adapt_one and stream: give online(spec) "
+                      "to say which a spec runs.")
     if self.stream is not None and self.init_state is None:
       raise UserError(f"Online method {self.name!r} needs init_state: the state its stream "
                       "starts from.")
+
+
+  def is_online(self, spec) -> bool:
+    """Whether `spec` runs as one stream whose state carries from sample to sample."""
+    if self.online is not None:
+      return bool(self.online(spec))
+    return self.stream is not None
 
 
 GROUPS = ("main", "baseline")

@@ -213,8 +213,8 @@ def _toy_benchmark_run(tmp_path):
 
 @pytest.mark.parametrize("fields,match", [
     (dict(group="baselines"), "group='baselines'"),
-    (dict(adapt_one=None), "exactly one of adapt_one"),
-    (dict(stream=lambda *a: None), "exactly one of adapt_one"),
+    (dict(adapt_one=None), "needs adapt_one"),
+    (dict(stream=lambda *a: None, init_state=lambda *a: None), "give online"),
 ])
 def test_a_malformed_method_is_refused_when_made(fields, match):
   base = dict(name="bad", adapt_one=lambda *a: None)

@@ -108,7 +108,7 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   """Everything that decides the results of one cell (hashed into its fingerprint)."""
   method = dict(kind=kind, spec=fp_lib.result_fields(spec))
-  if registry.get(kind).stream is not None:  # online: each process is one stream of its slice
+  if registry.get(kind).is_online(spec):  # online: each process is one stream of its slice
     method["streams"] = jax.process_count()
   offline = registry.get(kind).offline_images(spec, cfg.methods[name])
   if offline:  # unlabeled images of the domain read before the stream (MetaTPT offline)
@@ -312,7 +312,7 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
           state = prepare_state(state, job, kind, spec, mspec, store, cfg.methods[name])
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
           run_job(job, steps[name], sharding.replicate(mesh, state), store, per_step, progress,
-                  mesh, online=registry.get(kind).stream is not None, directory=cfg.output_dir)
+                  mesh, online=registry.get(kind).is_online(spec), directory=cfg.output_dir)
   return fingerprints, list(dict.fromkeys(domain_names))
 
 
