@@ -112,8 +112,7 @@ def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dic
 
 
 def sample_noise(key: jax.Array, num: int, spec: GeneratorSpec = GeneratorSpec()) -> jax.Array:
-  """[num, num_factors(spec)] standard normal noise z, fixed per sample across inner/outer
-  steps."""
+  """[num, num_factors(spec)] standard normal noise z, fixed per sample across steps."""
   return jax.random.normal(key, (num, num_factors(spec)))
 
 
