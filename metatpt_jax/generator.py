@@ -111,9 +111,10 @@ def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dic
   return params
 
 
-def sample_noise(key: jax.Array, num: int, spec: GeneratorSpec = GeneratorSpec()) -> jax.Array:
-  """[num, num_factors(spec)] standard normal noise z, fixed per sample across steps."""
-  return jax.random.normal(key, (num, num_factors(spec)))
+def sample_noise(key: jax.Array, num: int, spec: GeneratorSpec | None = None) -> jax.Array:
+  """[num, num_factors(spec)] standard normal noise z, fixed per sample across steps (spec
+  None: the affine factors only)."""
+  return jax.random.normal(key, (num, NUM_FACTORS if spec is None else num_factors(spec)))
 
 
 def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array | None):
