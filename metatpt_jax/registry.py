@@ -41,7 +41,10 @@ class Method:
     and stream (MetaTPT: episodic, or online with a generator that persists along the stream);
     otherwise a method is online exactly when it has only `stream`.
   group: which of the benchmark's method tables it belongs to: "main" (zero-shot, TPT,
-    MetaTPT: `bench.defaults.all_methods`) or "baseline" (`bench.defaults.baselines`).
+    MetaTPT: `bench.defaults.all_methods`), "baseline" (`bench.defaults.baselines`) or
+    "reference" (in no default table; a config names it: zero-shot with a prompt ensemble).
+  model_state(params, arch, class_names, spec) -> a per-domain state built from the model and
+    the class names (the ensemble's classifier), used instead of `init_state`.
   variants: named ablations, name -> spec-field overrides (each a row of `all_methods`).
   offline_images(spec, method_config) -> how many unlabeled images of a domain the method reads
     before its test stream (0: none). Recorded in each benchmark cell's setting when > 0.
@@ -63,6 +66,7 @@ class Method:
   config_fields: dict = dataclasses.field(default_factory=dict)
   view_pairs: Callable[[Any], Callable | None] = lambda spec: None
   online: Callable[[Any], bool] | None = None
+  model_state: Callable | None = None
 
   def __post_init__(self):
     if self.group not in GROUPS:
@@ -85,7 +89,7 @@ class Method:
     return self.stream is not None
 
 
-GROUPS = ("main", "baseline")
+GROUPS = ("main", "baseline", "reference")
 
 
 def stateless(fn: Callable) -> Callable:

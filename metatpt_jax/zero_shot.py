@@ -1,13 +1,22 @@
-"""Zero-shot CLIP as a test-time method: the initial prompt on the image itself, no adaptation.
+"""Zero-shot CLIP as a test-time method: no adaptation.
 
-The reference every adaptation method is compared with (`registry` kind "zero_shot").
+`zero_shot`: the initial prompt on the image itself, the reference every adaptation method is
+compared with. `zero_shot_ensemble`: CLIP's prompt ensembling (OpenAI's ImageNet notebook): each
+class's embedding is the renormalised mean of its embeddings under a named template set
+(`TEMPLATE_SETS`), built once per domain from the model and the class names.
 """
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Literal
 
 import jax
 
 from metatpt_jax import registry
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.specs import Spec
 
 
 def zero_shot_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec,
@@ -19,3 +28,43 @@ def zero_shot_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, s
 
 
 registry.register(registry.Method("zero_shot", registry.stateless(zero_shot_one_sample)))
+
+
+def _clip_templates() -> tuple[str, ...]:
+  """CLIP's 80 ImageNet templates (the asset of ImageNet-R, whose sources it names)."""
+  path = os.path.join(os.path.dirname(__file__), "assets", "datasets", "imagenet_r.json")
+  with open(path) as f:
+    return tuple(json.load(f)["templates"]["clip"])
+
+
+def _artwork_templates() -> tuple[str, ...]:
+  """World v3's pretraining captions, one per described look."""
+  from metatpt_jax.pretrain import artwork
+  return artwork.DESCRIBED_TEMPLATES
+
+
+# name -> fn() -> templates, each with one "{}" for the class name.
+TEMPLATE_SETS = {"clip": _clip_templates, "artwork_described": _artwork_templates}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSpec(Spec):
+  templates: Literal["clip", "artwork_described"] = "clip"  # a key of TEMPLATE_SETS
+
+
+def ensemble_classifier(params, arch, class_names, spec: EnsembleSpec) -> jax.Array:
+  """The per-domain state: unit-norm class embeddings [C, E] of the template set."""
+  from metatpt_jax.clip import zeroshot
+  return zeroshot.build_classifier(params, arch, class_names, TEMPLATE_SETS[spec.templates]())
+
+
+def ensemble_one_sample(frozen: FrozenCLIP, classifier: jax.Array, image: jax.Array,
+                        key: jax.Array, spec, mspec: ModelSpec, source=None):
+  """CLIP with the ensemble classifier on the image itself: (logits [C], no metrics)."""
+  del key, spec, source
+  return logits(frozen, encode_images(frozen, image[None], mspec), classifier)[0], {}
+
+
+registry.register(registry.Method(
+    "zero_shot_ensemble", ensemble_one_sample, spec_type=EnsembleSpec, group="reference",
+    model_state=ensemble_classifier))

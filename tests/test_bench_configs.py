@@ -57,3 +57,42 @@ def test_v1_configs_validate(variant):
   runner.validate_config(cfg)
   for mcfg in cfg.methods.values():
     methods_lib.method_spec(mcfg)
+
+
+V3 = config_module("bench_v3")
+
+
+@pytest.mark.parametrize("variant", tuple(V3.VARIANTS))
+def test_every_v3_variant_validates_and_reads_its_split(variant):
+  cfg = V3.get_config(variant)
+  runner.validate_config(cfg)
+  for name, mcfg in cfg.methods.items():
+    kind, _ = methods_lib.method_spec(mcfg)
+    assert name.startswith(kind.removesuffix("_ensemble")), (name, kind)
+  # Settings (and the candidate domains) are chosen on the development split only.
+  dev = variant in ("levels",) or variant.startswith("dev")
+  assert cfg.data.split == ("dev" if dev else "test")
+  assert all(d.startswith("artwork:") for d in cfg.data.domains)
+  assert cfg.prompt.init == "an emoji of" and cfg.prompt.n_ctx == 3
+
+
+def test_v3_metatpt_variants_each_change_one_thing_of_the_reconstruction():
+  methods = V3.get_config("dev_metatpt").methods
+  _, reconstruction = methods_lib.method_spec(methods["metatpt"])
+  for name in V3.METATPT_VARIANTS:
+    kind, spec = methods_lib.method_spec(methods[name])
+    assert kind == "metatpt" and spec != reconstruction
+    changed = {f for f in spec.field_names() if getattr(spec, f) != getattr(reconstruction, f)}
+    assert len(changed) == 1, (name, changed)
+
+
+def test_a_split_its_domains_lack_is_refused_before_any_data_is_read():
+  from metatpt_jax.errors import UserError
+  cfg = V3.get_config("dev")
+  cfg.data.split = "train"
+  with pytest.raises(UserError, match="a split of"):
+    runner.validate_config(cfg)
+  cfg = V2.get_config("dev")
+  cfg.data.split = "dev"
+  with pytest.raises(UserError, match="valid splits"):
+    runner.validate_config(cfg)

@@ -82,8 +82,8 @@ def run_code_path(path, kind, spec, where):
   spec = tiny(spec)
   method = registry.get(kind)
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))
-  method_state = None if method.init_state is None else method.init_state(
-      jax.random.key(1), spec, h.TEST_ARCH, len(h.CLASS_NAMES))
+  method_state = methods_lib.initial_method_state(kind, spec, frozen.params, h.TEST_ARCH,
+                                                  h.CLASS_NAMES, jax.random.key(1))
   state = adapt.AdaptState(frozen, method_state)
   images = h.random_images(0, 1)
   if path[-1]:  # a per-domain setup on unlabeled images first (MetaTPT's offline generator)

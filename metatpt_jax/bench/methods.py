@@ -42,6 +42,17 @@ def domain_key(seed: int, domain: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(domain.encode()) & 0x7FFFFFFF)
 
 
+def initial_method_state(kind, spec, params, arch, class_names, key):
+  """A method's per-domain starting state: `registry.Method.model_state` (from the model and
+  the class names), else `init_state`, else None."""
+  method = registry.get(kind)
+  if method.model_state is not None:
+    return method.model_state(params, arch, class_names, spec)
+  if method.init_state is not None:
+    return method.init_state(key, spec, arch, len(class_names))
+  return None
+
+
 def build_state(params, arch, class_names, prompt_cfg, kind, spec, seed) -> adapt.AdaptState:
   """AdaptState for one label set: prompt bank, initial context and the method's initial
   per-domain state (`registry.Method.init_state`)."""
@@ -49,7 +60,6 @@ def build_state(params, arch, class_names, prompt_cfg, kind, spec, seed) -> adap
   init = prompt_cfg.init or None
   ctx = prompts.init_context(params, arch, n_ctx=prompt_cfg.n_ctx, init=init,
                              key=jax.random.key(seed))
-  init_state = registry.get(kind).init_state
-  method_state = None if init_state is None else init_state(
-      jax.random.fold_in(jax.random.key(seed), 1), spec, arch, len(class_names))
+  method_state = initial_method_state(kind, spec, params, arch, class_names,
+                                      jax.random.fold_in(jax.random.key(seed), 1))
   return adapt.AdaptState(FrozenCLIP(params, bank, ctx), method_state)

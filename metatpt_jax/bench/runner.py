@@ -30,7 +30,7 @@ from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
 from metatpt_jax.bench import report
 from metatpt_jax.clip import checkpoint
-from metatpt_jax.data import benchmarks, sources
+from metatpt_jax.data import benchmarks
 from metatpt_jax.data import domains as domains_lib
 from metatpt_jax.errors import UserError
 
@@ -71,7 +71,6 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
            "--config.data.domains=\"('fashion_mnist:affine:3',)\".")
   _require(is_int(cfg.data.num_images) and cfg.data.num_images >= 1,
            f"--config.data.num_images={cfg.data.num_images!r}: give a positive count.")
-  sources.check_split(cfg.data.split)
   canvas = cfg.data.get("canvas_size", 0)
   _require(is_int(canvas) and canvas >= 0,
            f"--config.data.canvas_size={canvas!r}: give 0 (views from the centre square) or the "
@@ -80,11 +79,8 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   _require(bool(cfg.model.checkpoint), "--config.model.checkpoint is empty: give a checkpoint "
            "directory or file (or a Hugging Face model id).")
   _require(bool(cfg.output_dir), "--config.output_dir is empty: give a directory for results.")
-  for spec in doms:  # every domain string is checked before the first is loaded
-    if not spec.startswith(benchmarks.PREFIX + ":"):
-      domains_lib.parse_spec(spec)
-    else:
-      benchmarks.parse_paper_spec(spec)
+  for spec in doms:  # every domain string (and its split) is checked before the first is loaded
+    domains_lib.check_domain(spec, cfg.data.split)
 
 
 def load_model(cfg: ml_collections.ConfigDict):

@@ -174,11 +174,29 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
 ARTWORK_PREFIX = "artwork:"
 
 
+def _artwork_parts(spec: str) -> tuple[str, str]:
+  style, _, rendering = spec[len(ARTWORK_PREFIX):].partition(":")
+  return style, rendering or "plain"
+
+
+def check_domain(spec: str, split: str) -> None:
+  """Refuses a malformed domain string, or a split its source does not have, before any data is
+  read (the benchmark checks every domain of a config first)."""
+  if spec.startswith(ARTWORK_PREFIX):
+    from metatpt_jax.data.artwork import world
+    world.check_domain(*_artwork_parts(spec), split)
+  elif spec.startswith(benchmarks.PREFIX + ":"):
+    benchmarks.parse_paper_spec(spec)  # the paper's benchmarks read their own test split
+  else:
+    parse_spec(spec)
+    sources.check_split(split)
+
+
 def _artwork_domain(spec, split, num_images, seed, image_size) -> Domain:
   """artwork:<held-out style>[:<rendering>], a seeded stratified subset of `num_images`."""
   from metatpt_jax.data.artwork import world  # only artwork domains need cairo and the cache
-  style, _, rendering = spec[len(ARTWORK_PREFIX):].partition(":")
-  domain = world.load_domain(style, rendering or "plain", split, image_size=image_size,
+  style, rendering = _artwork_parts(spec)
+  domain = world.load_domain(style, rendering, split, image_size=image_size,
                              seed=seed)
   if num_images is None or num_images >= len(domain.labels):
     return domain

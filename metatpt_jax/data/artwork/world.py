@@ -77,13 +77,18 @@ def _cluttered(rgba, index: int, seed: int, size: int) -> np.ndarray:
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def check_domain(style: str, rendering: str, split: str) -> None:
+  """Refuses a domain this world does not have (no data read)."""
+  if style not in HELD_OUT_STYLES or rendering not in RENDERINGS or split not in SPLITS:
+    raise UserError(f"artwork domain {style}:{rendering} ({split}): choose a held-out style of "
+                    f"{HELD_OUT_STYLES}, a rendering of {RENDERINGS} and a split of {SPLITS}.")
+
+
 def load_domain(style: str, rendering: str = "plain", split: str = "test", *,
                 image_size: int = 64, seed: int = 0, cache_dir: str | None = None) -> Domain:
   """A held-out style's domain: pictures of its `split` classes in `rendering`, labels in the
   class universe's order, every universe class in `class_names`."""
-  if style not in HELD_OUT_STYLES or rendering not in RENDERINGS or split not in SPLITS:
-    raise UserError(f"artwork domain {style}:{rendering} ({split}): choose a held-out style of "
-                    f"{HELD_OUT_STYLES}, a rendering of {RENDERINGS} and a split of {SPLITS}.")
+  check_domain(style, rendering, split)
   catalog = styles.load_catalog(cache_dir)
   universe = class_universe(cache_dir, image_size)
   dev = dev_classes(universe, {k: catalog.classes[k].subgroup for k in universe})

@@ -1,0 +1,107 @@
+"""World v3: checkpoints/small_clip_v3 (configs/pretrain_v3.py) on emoji artwork by held-out
+artists (issue 24; docs/ARTWORK.md has the world, docs/WORLD_V3.md every figure).
+
+    make artwork                                            # fetch and render the styles once
+    metatpt-bench --config configs/bench_v3.py:levels       # zero-shot on every candidate, dev
+    metatpt-bench --config configs/bench_v3.py:dev          # published settings, dev split
+    metatpt-bench --config configs/bench_v3.py:dev_metatpt  # MetaTPT variants, dev split
+    metatpt-bench --config configs/bench_v3.py:test         # published settings, test split
+    metatpt-bench --config configs/bench_v3.py:demo         # `make demo`
+
+Every setting is chosen on the development split (`--config.data.split=dev`: each held-out
+style's pictures of a fixed, subgroup-stratified third of the classes); the test split holds the
+other classes' pictures, so no image is in both, and the classifier always covers all 1,586
+classes. `levels` measures only zero-shot accuracy (one prompt and two prompt ensembles) on the
+development split of every candidate domain.
+"""
+from metatpt_jax.bench import defaults
+from metatpt_jax.data.artwork import world
+
+# Candidates: every held-out style, plain and cluttered (the picture at 35-55 % of the side over
+# a dimmed collage of four other pictures).
+CANDIDATES = tuple(f"artwork:{style}:{rendering}" for rendering in world.RENDERINGS
+                   for style in world.HELD_OUT_STYLES)
+PLAIN = tuple(f"artwork:{style}:plain" for style in world.HELD_OUT_STYLES)
+# The two cluttered test domains: chosen on the `levels` run (development split, zero-shot only).
+CLUTTERED = ("artwork:fluent_flat:cluttered", "artwork:openmoji_black:cluttered")
+DOMAINS = PLAIN + CLUTTERED
+PROMPT = dict(n_ctx=3, init="an emoji of")  # the pretraining's plain caption, "an emoji of {}."
+# The decision rule for MetaTPT's variant, written before any test run: the variant of
+# `dev_metatpt` with the highest mean development accuracy replaces the reconstruction on test
+# only if its paired difference with the reconstruction (dev, per-sample records) has a 95 %
+# interval above 0; the reconstruction's row ("metatpt") is run on test in any case.
+METATPT_VARIANTS = {
+    "metatpt_photometric": dict(generator=dict(photometric=True)),
+    "metatpt_consensus": dict(aux_loss="confident_consensus"),
+    "metatpt_feature_consensus": dict(aux_loss="feature_consensus"),
+    "metatpt_stream": dict(generator_memory="stream"),
+}
+
+
+def _zero_shots():
+  return {"zero_shot": defaults.method_config("zero_shot"),
+          "zero_shot_clip80": defaults.method_config("zero_shot_ensemble", templates="clip"),
+          "zero_shot_described": defaults.method_config("zero_shot_ensemble",
+                                                        templates="artwork_described")}
+
+
+def _published():
+  """Zero-shot, TPT and MetaTPT at TPT's published settings, and the field's baselines."""
+  return {**_zero_shots(), "tpt": defaults.tpt_method(), "metatpt": defaults.metatpt_method(),
+          **defaults.baselines()}
+
+
+def _levels(c):
+  c.data.split, c.data.domains = "dev", CANDIDATES
+  c.data.num_images = 100_000  # every development image
+  c.methods = _zero_shots()
+  c.output_dir = "runs/bench_v3_levels"
+
+
+def _dev(c):
+  c.data.split, c.data.domains, c.data.num_images = "dev", DOMAINS, 150
+  c.methods = _published()
+  c.output_dir = "runs/bench_v3_dev"
+
+
+def _dev_metatpt(c):
+  # The variants beside the reconstruction and TPT on the same development images (shared
+  # records with `dev`).
+  _dev(c)
+  c.methods = {"zero_shot": defaults.method_config("zero_shot"), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method(),
+               **{name: defaults.metatpt_method(**o) for name, o in METATPT_VARIANTS.items()}}
+
+
+def _test(c):
+  c.data.split, c.data.domains, c.data.num_images = "test", DOMAINS, 100_000
+  c.seeds = (0, 1, 2)
+  c.methods = _published()
+  c.output_dir = "runs/bench_v3_test"
+
+
+def _demo(c):
+  # `make demo`: the four plain test domains (by the order of HELD_OUT_STYLES, not by any
+  # result), 60 test images each, one seed; zero-shot, TPT and MetaTPT at TPT's published
+  # settings, and the generated views before/after the inner step.
+  c.data.split, c.data.domains, c.data.num_images = "test", PLAIN, 60
+  c.methods = {"zero_shot": defaults.method_config("zero_shot"), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method()}
+  c.plot_views = True
+  c.output_dir = "runs/demo_v3"
+
+
+VARIANTS = {"levels": _levels, "dev": _dev, "dev_metatpt": _dev_metatpt, "test": _test,
+            "demo": _demo}
+
+
+def get_config(arg: str = "levels"):
+  if arg not in VARIANTS:
+    raise ValueError(f"Unknown variant {arg!r}; valid: {', '.join(map(repr, VARIANTS))}.")
+  c = defaults.base_config()
+  c.model.checkpoint = "checkpoints/small_clip_v3"
+  c.prompt = PROMPT
+  c.seeds = (0,)
+  c.plot_views = False
+  VARIANTS[arg](c)
+  return c
