@@ -76,6 +76,7 @@ def get_config(arg: str = ""):
   # sample instead of 23 (B/16, 64 views, 10 classes; docs/THROUGHPUT.md).
   every = defaults.all_methods(metatpt=dict(view_chunk=VIEW_CHUNK))
   every.update(defaults.baselines())
+  every.update({kind: defaults.method_config(kind) for kind in registry.names("reference")})
   # TPT's views for this dataset wherever a method tunes on TPT's views (its spec says so:
   # TPT, C-TPT, MetaTPT's fixed-views ablation); the others keep their authors' choice.
   for name in every:

@@ -72,6 +72,11 @@ class GeneratorSpec(NamedTuple):
   max_blur: float = 1.0
   photometric_noise: float = 0.5
 
+  # Added after records were made: at their defaults (no photometric factors) they are left out
+  # of record fingerprints (`bench.fingerprint.result_fields`).
+  later_fields = ("photometric", "max_brightness", "max_contrast", "max_saturation",
+                  "max_gamma", "max_blur", "photometric_noise")
+
 
 def num_factors(spec: GeneratorSpec) -> int:
   """Raw factors per view: the affine ones, then the photometric ones when enabled."""

@@ -81,7 +81,9 @@ class MetaTPTSpec(ConfidentViewsSpec):
   # device, as TDA does (`metatpt_stream`).
   generator_memory: Literal["episodic", "stream"] = "episodic"
 
-  later_fields = ("view_kind", "crop_scale")   # the fixed views were TPT's crops before
+  # Added after records were made (the fixed views were TPT's crops before; the generator
+  # carried along a stream is new): at their defaults they leave fingerprints as they were.
+  later_fields = ("view_kind", "crop_scale", "generator_memory")
   code_fields = ("recompute_kept",)
 
   def switches(self) -> tuple:

@@ -137,3 +137,12 @@ def test_the_step_streams_exactly_when_the_spec_says_so():
              for a, b in zip(jax.tree.leaves(carried.method_state), jax.tree.leaves(phi0)))
   with pytest.raises(UserError, match="augment='learned'"):
     SPEC.replace(generator_memory="stream", augment="fixed").check()
+
+
+def test_new_fields_at_their_defaults_leave_record_fingerprints_alone():
+  from metatpt_jax.bench import fingerprint as fp
+  plain = fp.result_fields(SPEC)
+  assert "generator_memory" not in plain
+  assert not set(gen.GeneratorSpec.later_fields) & set(plain["generator"])
+  changed = fp.result_fields(SPEC.replace(generator=PHOTO, generator_memory="stream"))
+  assert changed["generator_memory"] == "stream" and changed["generator"]["photometric"] is True

@@ -31,16 +31,26 @@ EXECUTION_FIELDS = ("view_chunk",)
 def result_fields(spec) -> Any:
   """`spec` in plain form without its EXECUTION_FIELDS, and without its `later_fields` while
   they hold their defaults (fields added after records were made, whose defaults compute what
-  those records did: the records keep their fingerprints). None stays None."""
+  those records did: the records keep their fingerprints), in nested specs too (MetaTPT's
+  `GeneratorSpec`). None stays None."""
   if spec is None:
     return None
-  fields = plain(spec)
+  fields = _without_later_defaults(spec, plain(spec))
   for name in EXECUTION_FIELDS:
     fields.pop(name, None)
-  defaults = type(spec)()
-  for name in getattr(spec, "later_fields", ()):
-    if getattr(spec, name) == getattr(defaults, name):
+  return fields
+
+
+def _without_later_defaults(value, fields: dict) -> dict:
+  """`fields` (plain(value)) less value's later fields at their defaults, recursively."""
+  defaults = type(value)()
+  for name in getattr(value, "later_fields", ()):
+    if getattr(value, name) == getattr(defaults, name):
       fields.pop(name)
+  for name, sub in fields.items():
+    nested = getattr(value, name, None)
+    if isinstance(sub, dict) and hasattr(nested, "later_fields"):
+      fields[name] = _without_later_defaults(nested, sub)
   return fields
 
 
