@@ -7,7 +7,9 @@
 
 The argument is "<dataset>,<method>". Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
 zero_shot, tpt, metatpt and the ablations metatpt_first_order, metatpt_joint, metatpt_fixed_aug,
-metatpt_offline; "main" runs zero_shot, tpt and metatpt in one go, "all" every one of them.
+metatpt_offline, the baselines (ctpt, zero, mta, tda) and zero_shot_ensemble (CLIP's 80
+templates); "main" runs zero_shot, tpt and metatpt in one go, "baselines" the baselines beside
+zero_shot and tpt, "all" every one of them.
 
 TPT's published defaults: ViT-B/16 at 224 px, 64 views, the 10% most confident kept, 1 AdamW
 step at lr 5e-3, context "a photo of a" (n_ctx 4), one image per step (batch 1), random resized

@@ -8,8 +8,8 @@ why: CLIP's temperature (the logit scale starts at, and is clamped to, 100), one
 image that names how the image looks (`pretrain.artwork.DESCRIBED`: plain, black and white,
 silhouette, outline, small), and a multi-positive target over identical captions. New: the
 picture at a random scale and place over a random background, so neither carries the class.
-The recipe is a first candidate: it is to be chosen on the held-out styles' development split
-(metadata.json reports zero-shot there), never on their test split.
+The recipe is chosen on the held-out styles' development split (metadata.json reports zero-shot
+there), never on their test split; docs/ARTWORK.md has each candidate's figures.
 """
 import math
 

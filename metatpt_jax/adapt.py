@@ -6,8 +6,9 @@ batch axis; here `jax.vmap` adds it, and with a mesh `jax.shard_map` splits the 
 data axis while the state stays replicated; they return the state unchanged (every sample starts
 afresh). Each sample's key is `fold_in(key, sample_index)`, so its result does not depend on
 which other samples share its batch, their order, or the device it lands on. Online methods (a
-`stream`: TDA) change the state from sample to sample: the step scans the batch in order on one
-device and returns the state carried past it.
+`stream`: TDA, and MetaTPT with generator_memory="stream"; `registry.Method.is_online`) change
+the state from sample to sample: the step scans the batch in order on one device and returns
+the state carried past it.
 
 A batch is a dict: "image" [B, S, S, 3] float in [0, 1] (view 0, as CLIP sees the image),
 "index" [B] int, and optionally the decoded images the random views are cut from: "canvas"
@@ -33,8 +34,9 @@ from metatpt_jax.sharding import DATA_AXIS
 class AdaptState(NamedTuple):
   """What a step reads: the frozen CLIP and the method's per-domain state."""
   frozen: FrozenCLIP
-  # `registry.Method.init_state`: MetaTPT's generator parameters phi (what every sample starts
-  # from), TDA's caches (carried from sample to sample); None for the other methods.
+  # `registry.Method.init_state` or `model_state`: MetaTPT's generator parameters phi (what
+  # every sample starts from; with its AdamW state, carried along a stream), TDA's caches
+  # (carried), the ensemble classifier of zero_shot_ensemble; None for the other methods.
   method_state: Any = None
 
 

@@ -72,10 +72,16 @@ class GeneratorSpec(NamedTuple):
   max_blur: float = 1.0
   photometric_noise: float = 0.5
 
-  # Added after records were made: at their defaults (no photometric factors) they are left out
-  # of record fingerprints (`bench.fingerprint.result_fields`).
-  later_fields = ("photometric", "max_brightness", "max_contrast", "max_saturation",
-                  "max_gamma", "max_blur", "photometric_noise")
+  @property
+  def later_fields(self) -> tuple[str, ...]:
+    """Added after records were made: without photometric factors, the photometric fields are
+    left out of record fingerprints (`bench.fingerprint.result_fields`); with them, their
+    bounds are recorded whatever their values."""
+    return ("photometric",) + (() if self.photometric else _PHOTOMETRIC_FIELDS)
+
+
+_PHOTOMETRIC_FIELDS = ("max_brightness", "max_contrast", "max_saturation", "max_gamma",
+                       "max_blur", "photometric_noise")
 
 
 def num_factors(spec: GeneratorSpec) -> int:
@@ -118,8 +124,14 @@ def init_generator(key: jax.Array, spec: GeneratorSpec, feature_dim: int) -> dic
 
 def sample_noise(key: jax.Array, num: int, spec: GeneratorSpec | None = None) -> jax.Array:
   """[num, num_factors(spec)] standard normal noise z, fixed per sample across steps (spec
-  None: the affine factors only)."""
-  return jax.random.normal(key, (num, NUM_FACTORS if spec is None else num_factors(spec)))
+  None: the affine factors only). The affine factors' noise is the same with or without
+  photometric factors (those draw from a key folded from `key`), so the two generators are
+  compared on the same crops."""
+  affine = jax.random.normal(key, (num, NUM_FACTORS))
+  if spec is None or num_factors(spec) == NUM_FACTORS:
+    return affine
+  extra = jax.random.normal(jax.random.fold_in(key, 1), (num, num_factors(spec) - NUM_FACTORS))
+  return jnp.concatenate([affine, extra], axis=-1)
 
 
 def raw_factors(phi, spec: GeneratorSpec, noise: jax.Array, feature: jax.Array | None):
@@ -179,8 +191,10 @@ def photometric_factors(raw: jax.Array, spec: GeneratorSpec) -> jax.Array:
 def generate_transforms(phi, spec: GeneratorSpec, noise, feature=None):
   """K transforms (`Transforms`), named factors {name: [K]}, and the deviation penalty (scalar).
 
-  The penalty is the mean squared deviation of the raw factors from their base distribution,
-  which keeps learned views near TPT-like crops (the sample's content stays in view).
+  The penalty is the mean squared deviation of the raw affine factors from their base
+  distribution, which keeps learned views near TPT-like crops (the sample's content stays in
+  view), plus that of the photometric factors when there are any (each block its own mean, so
+  adding photometric factors leaves the crops' penalty as it was).
   """
   raw, delta = raw_factors(phi, spec, noise, feature)
   thetas, named = jax.vmap(lambda r: factors_to_theta(r, spec))(raw[:, :NUM_FACTORS])
@@ -188,7 +202,10 @@ def generate_transforms(phi, spec: GeneratorSpec, noise, feature=None):
   if spec.photometric:
     photometric = jax.vmap(lambda r: photometric_factors(r, spec))(raw[:, NUM_FACTORS:])
     named.update({name: photometric[:, i] for i, name in enumerate(PHOTOMETRIC_FACTORS)})
-  return Transforms(thetas, photometric), named, jnp.mean(delta ** 2)
+  penalty = jnp.mean(delta[:, :NUM_FACTORS] ** 2)
+  if spec.photometric:
+    penalty = penalty + jnp.mean(delta[:, NUM_FACTORS:] ** 2)
+  return Transforms(thetas, photometric), named, penalty
 
 
 def generate_thetas(phi, spec: GeneratorSpec, noise, feature=None):

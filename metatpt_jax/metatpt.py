@@ -23,7 +23,7 @@ then augment="frozen" uses it without inner steps).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
@@ -224,7 +224,7 @@ OBJECTIVES = {"learned": learned_views_objective, "fixed": fixed_views_objective
 
 def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax.Array,
                              spec: MetaTPTSpec, mspec: ModelSpec,
-                             source: views.Source | None = None):
+                             source: views.Source | None = None, generator_opt=None):
   """Adapts (p, phi) to one image and predicts it with the adapted prompt on view 0.
 
   Args:
@@ -233,8 +233,11 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
     image: [S, S, 3] float in [0, 1], already resized and centre-cropped.
     key: this sample's PRNG key.
     source: the decoded image on a padded canvas the views are cut from (default: `image`).
+    generator_opt: the generator's AdamW state to start from (a stream carries it); None: a
+      fresh one.
   Returns:
-    (logits [C], metrics) -- metrics hold the first outer loss and the adapted phi.
+    (logits [C], metrics) -- metrics hold the first outer loss, the adapted phi and, for the
+    learned views, the generator's AdamW state after the sample ("generator_opt").
   """
   chex.assert_rank(image, 3)
   if phi is None and spec.augment != "fixed":
@@ -252,11 +255,17 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
   # phi stays out of their optimiser (no weight decay on a generator nothing reads).
   meta = {"ctx": frozen.ctx_init, "phi": phi} if spec.augment == "learned" else {
       "ctx": frozen.ctx_init}
-  meta, (loss0, _, _) = tpt.tune(loss_fn, meta, spec.outer_steps,
-                                 make_meta_optimizer(spec, tuple(meta)),
-                                 select_once=spec.selection == "first_step")
+  opt = make_meta_optimizer(spec, tuple(meta))
+  opt_state = opt.init(meta)
+  if generator_opt is not None:  # the prompt's state is fresh; the generator's carried
+    opt_state = opt_state._replace(inner_states={**opt_state.inner_states, "phi": generator_opt})
+  meta, opt_state, (loss0, _, _) = tpt.tune_from(loss_fn, meta, opt_state, spec.outer_steps, opt,
+                                                 select_once=spec.selection == "first_step")
   final = logits(frozen, ep.feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
-  return final, dict(loss=loss0, phi=meta.get("phi", phi))
+  metrics = dict(loss=loss0, phi=meta.get("phi", phi))
+  if "phi" in meta:
+    metrics["generator_opt"] = opt_state.inner_states["phi"]
+  return final, metrics
 
 
 def views_before_and_after_inner(frozen: FrozenCLIP, phi, image, key, spec: MetaTPTSpec,
@@ -278,25 +287,39 @@ def _adapt_one(frozen, phi, image, key, spec, mspec, source=None):
   return out, dict(loss=metrics["loss"])
 
 
-def metatpt_stream(frozen: FrozenCLIP, phi, images, keys, spec: MetaTPTSpec, mspec: ModelSpec,
-                   sources: views.Source | None = None):
+class StreamState(NamedTuple):
+  """What generator_memory="stream" carries from sample to sample: the generator and its
+  AdamW state (as the offline generator's fit carries both)."""
+  phi: dict
+  opt: Any
+
+
+def metatpt_stream(frozen: FrozenCLIP, state: StreamState, images, keys, spec: MetaTPTSpec,
+                   mspec: ModelSpec, sources: views.Source | None = None):
   """generator_memory="stream": images [B, S, S, 3] in order, each adapted as
-  `metatpt_adapt_one_sample` does from the generator the previous sample ended with (the prompt
-  resets every sample). Returns (phi after the batch, logits [B, C], metrics)."""
+  `metatpt_adapt_one_sample` does from the generator (and its AdamW state) the previous sample
+  ended with; the prompt and its optimiser state reset every sample. Returns (state after the
+  batch, logits [B, C], metrics)."""
   chex.assert_rank(images, 4)
 
-  def step(phi, xs):
+  def step(state, xs):
     image, key, source = xs
-    out, metrics = metatpt_adapt_one_sample(frozen, phi, image, key, spec, mspec, source)
-    return metrics["phi"], (out, metrics["loss"])
+    out, metrics = metatpt_adapt_one_sample(frozen, state.phi, image, key, spec, mspec, source,
+                                            generator_opt=state.opt)
+    return StreamState(metrics["phi"], metrics["generator_opt"]), (out, metrics["loss"])
 
-  phi, (out, loss) = jax.lax.scan(step, phi, (images, keys, sources))
-  return phi, out, dict(loss=loss)
+  state, (out, loss) = jax.lax.scan(step, state, (images, keys, sources))
+  return state, out, dict(loss=loss)
 
 
 def _init_generator(key, spec, arch, num_classes):
+  """phi (episodic); for a stream, phi and a fresh AdamW state of the generator."""
   del num_classes
-  return gen.init_generator(key, spec.generator, arch.embed_dim)
+  phi = gen.init_generator(key, spec.generator, arch.embed_dim)
+  if spec.generator_memory != "stream":
+    return phi
+  meta = {"ctx": jnp.zeros((1,)), "phi": phi}  # the prompt's part of the state is masked out
+  return StreamState(phi, make_meta_optimizer(spec, tuple(meta)).init(meta).inner_states["phi"])
 
 
 # Module-level jitted functions: one compilation cache for every domain and seed of a run.
@@ -319,4 +342,6 @@ registry.register(registry.Method(
     offline_images=lambda spec, mcfg: int(mcfg.offline_images) if spec.augment == "frozen" else 0,
     prepare=_fit_offline,
     config_fields={"offline_images": 64},  # images the offline generator is fitted on
-    view_pairs=lambda spec: _VIEWS_BEFORE_AFTER if spec.augment == "learned" else None))
+    # A stream's generator changes along the stream: no single before/after picture.
+    view_pairs=lambda spec: (_VIEWS_BEFORE_AFTER if spec.augment == "learned"
+                             and spec.generator_memory == "episodic" else None)))

@@ -29,7 +29,7 @@ class Method:
   adapt_one(frozen, method_state, image [S, S, 3], key, spec, mspec, source | None) ->
     (logits [C], metrics): the per-sample function (no batch axis; `adapt` vmaps and shards
     it). `frozen`: the `FrozenCLIP` (parameters, prompt bank, initial context); `method_state`:
-    the method's per-domain state (`init_state`), the same for every sample.
+    the method's per-domain state (`model_state` or `init_state`), the same for every sample.
   spec_type: the method's `specs.Spec` (None: no hyper-parameters).
   init_state(key, spec, arch, num_classes) -> the per-domain starting state kept in
     `AdaptState.method_state` (MetaTPT: the augmentation generator's parameters phi; TDA: its
@@ -77,7 +77,10 @@ class Method:
     if self.adapt_one is not None and self.stream is not None and self.online is None:
       raise UserError(f"Method {self.name!r} has both adapt_one and stream: give online(spec) "
                       "to say which a spec runs.")
-    if self.stream is not None and self.init_state is None:
+    if self.online is not None and (self.adapt_one is None or self.stream is None):
+      raise UserError(f"Method {self.name!r}: online(spec) chooses between adapt_one and stream; "
+                      "give both, or neither online.")
+    if self.stream is not None and self.init_state is None and self.model_state is None:
       raise UserError(f"Online method {self.name!r} needs init_state: the state its stream "
                       "starts from.")
 

@@ -59,12 +59,20 @@ def tune(loss_fn, params, steps: int, optimizer, select_once: bool):
   step's selection, otherwise each selects anew. Returns (params, (loss, keep, info) of the
   first step).
   """
+  params, _, first = tune_from(loss_fn, params, optimizer.init(params), steps, optimizer,
+                               select_once)
+  return params, first
+
+
+def tune_from(loss_fn, params, opt_state, steps: int, optimizer, select_once: bool):
+  """`tune` from a given optimiser state (MetaTPT's stream carries its generator's): returns
+  (params, final optimiser state, (loss, keep, info) of the first step)."""
   def update(params, opt_state, keep):
     (loss, (keep, info)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, keep)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, (loss, keep, info)
 
-  params, opt_state, first = update(params, optimizer.init(params), None)
+  params, opt_state, first = update(params, opt_state, None)
 
   def step(carry, _):
     params, opt_state = carry
@@ -72,8 +80,8 @@ def tune(loss_fn, params, steps: int, optimizer, select_once: bool):
                                              first[1] if select_once else None)
     return (params, opt_state), loss
 
-  (params, _), _ = jax.lax.scan(step, (params, opt_state), None, length=steps - 1)
-  return params, first
+  (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), None, length=steps - 1)
+  return params, opt_state, first
 
 
 def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, mspec: ModelSpec):

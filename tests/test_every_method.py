@@ -25,6 +25,8 @@ def _config_methods():
   configs = {f"bench_v2:{v}": config_module("bench_v2").get_config(v)
              for v in ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo",
                        "test", "test_chosen", "test_ablations")}
+  configs.update({f"bench_v3:{v}": config_module("bench_v3").get_config(v)
+                  for v in config_module("bench_v3").VARIANTS})
   configs["bench_v2:budget_grid"] = dict(methods=config_module("bench_v2")
                                                .budget_grid())
   configs.update({f"bench_v1:{v}": config_module("bench_v1").get_config(v)

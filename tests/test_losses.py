@@ -190,6 +190,16 @@ def test_per_view_terms_average_to_the_objective(name, jit):
   np.testing.assert_allclose(np.sum(chunks) / (V - 1), whole, **TOL)
 
 
+def _consensus_of_confident(logits):
+  """NumPy: the mean KL to their mean of the max(2, 10 %) lowest-entropy views."""
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  entropy = -(p * np.log(p)).sum(-1)
+  kept = p[np.argsort(entropy)[:max(2, int(0.1 * len(p)))]]
+  mean = kept.mean(0)
+  return np.mean((kept * (np.log(kept) - np.log(mean))).sum(-1))
+
+
 def test_inner_objectives_have_their_named_values():
   logits, feats = _logits_and_features()
   cosine = np.asarray(feats) / np.linalg.norm(np.asarray(feats), axis=-1, keepdims=True)
@@ -199,6 +209,9 @@ def test_inner_objectives_have_their_named_values():
       "confident_agreement": (jnp.mean(losses.view_entropy(logits[1:]))
                               + _kl_from_view_0(logits)),
       "marginal_entropy": losses.marginal_entropy(logits),
+      "confident_consensus": _consensus_of_confident(np.asarray(logits[1:])),
+      "feature_consensus": np.mean(1.0 - cosine[1:] @ (cosine[1:].mean(0) / np.linalg.norm(
+          cosine[1:].mean(0)))),
   }
   assert set(expected) == set(losses.INNER_OBJECTIVES)
   for name, value in expected.items():

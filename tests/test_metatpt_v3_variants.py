@@ -8,7 +8,7 @@ import pytest
 from metatpt_jax import adapt, losses, metatpt, registry
 from metatpt_jax import generator as gen
 from metatpt_jax.errors import UserError
-from tests.method_helpers import init_phi, random_images, tiny_frozen
+from tests.method_helpers import TEST_ARCH, init_phi, random_images, tiny_frozen
 
 SPEC = metatpt.MetaTPTSpec(n_views=16, selection_ratio=0.25)
 PHOTO = gen.GeneratorSpec(photometric=True)
@@ -38,21 +38,25 @@ def test_photometric_factors_are_the_identity_at_zero_and_act_as_named():
   np.testing.assert_allclose(np.asarray(extreme), [0.2, 1.5, 1 / 1.5, 1.5, 1.0], rtol=1e-5)
 
 
-def test_photometric_generator_at_zero_noise_makes_the_affine_generators_views():
-  image = _view(1)
-  feature = jax.random.normal(jax.random.key(2), (16,))
-  spec = PHOTO._replace(photometric_noise=0.0)
-  noise = gen.sample_noise(jax.random.key(3), 8, spec)
-  assert noise.shape == (8, gen.NUM_FACTORS + len(gen.PHOTOMETRIC_FACTORS))
-  with_photo, _ = gen.learned_views(gen.init_generator(jax.random.key(0), spec, 16), spec,
-                                    image, noise, feature)
-  plain = gen.GeneratorSpec()
-  affine_only, _ = gen.learned_views(gen.init_generator(jax.random.key(0), plain, 16), plain,
-                                     image, noise[:, :gen.NUM_FACTORS], feature)
-  np.testing.assert_allclose(np.asarray(with_photo), np.asarray(affine_only), atol=1e-5)
+def test_photometric_generator_at_zero_noise_makes_the_reconstructions_views():
+  """Through make_episode, as the method draws them: the same crops, and with the photometric
+  noise at 0 the same views; the generator's penalty is the affine one."""
+  frozen, mspec = tiny_frozen(logit_scale=np.log(30.0))
+  image = random_images(0, 1)[0]
+  plain = SPEC
+  photo = SPEC.replace(generator=PHOTO._replace(photometric_noise=0.0))
+  views = {}
+  for name, spec in (("plain", plain), ("photo", photo)):
+    ep = metatpt.make_episode(frozen, image, jax.random.key(3), spec, mspec)
+    views[name] = gen.learned_views(init_phi(spec), spec.generator, image, ep.noise,
+                                    ep.feature0)
+  assert ep.noise.shape == (SPEC.n_views - 1, gen.NUM_FACTORS + len(gen.PHOTOMETRIC_FACTORS))
+  np.testing.assert_allclose(np.asarray(views["photo"][0]), np.asarray(views["plain"][0]),
+                             atol=1e-5)
+  assert float(views["photo"][1]) == float(views["plain"][1]) == 0.0
   with pytest.raises(ValueError, match="sample_noise"):  # noise drawn for another generator
-    gen.learned_views(gen.init_generator(jax.random.key(0), spec, 16), spec, image,
-                      noise[:, :gen.NUM_FACTORS], feature)
+    gen.learned_views(init_phi(photo), photo.generator, image, ep.noise[:, :gen.NUM_FACTORS],
+                      ep.feature0)
 
 
 def test_the_inner_step_moves_the_photometric_factors():
@@ -101,24 +105,28 @@ def _stream_setup(spec, n=3):
 
 
 def test_a_stream_generator_starts_each_sample_where_the_last_ended():
+  """The generator and its AdamW state carry; the prompt resets."""
   spec = SPEC.replace(generator_memory="stream", generator_lr=0.05)
-  frozen, mspec, images, keys, phi0 = _stream_setup(spec)
-  phi_end, out, _ = jax.jit(metatpt.metatpt_stream, static_argnums=(4, 5))(
-      frozen, phi0, images, keys, spec, mspec)
+  frozen, mspec, images, keys, _ = _stream_setup(spec)
+  start = metatpt._init_generator(jax.random.key(1), spec, TEST_ARCH, 5)
+  assert isinstance(start, metatpt.StreamState)
+  end, out, _ = jax.jit(metatpt.metatpt_stream, static_argnums=(4, 5))(
+      frozen, start, images, keys, spec, mspec)
   one = jax.jit(metatpt.metatpt_adapt_one_sample, static_argnums=(4, 5))
-  phi, expected = phi0, []
+  phi, opt, expected = start.phi, start.opt, []
   for image, key in zip(images, keys):
-    logits, metrics = one(frozen, phi, image, key, spec, mspec)
-    phi = metrics["phi"]
+    logits, metrics = one(frozen, phi, image, key, spec, mspec, None, opt)
+    phi, opt = metrics["phi"], metrics["generator_opt"]
     expected.append(logits)
   np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.stack(expected)), atol=1e-5)
-  for a, b in zip(jax.tree.leaves(phi_end), jax.tree.leaves(phi)):
+  for a, b in zip(jax.tree.leaves(end), jax.tree.leaves((phi, opt))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  assert int(jax.tree.leaves(end.opt)[0]) == len(images)  # Adam's step count went on
   moved = max(float(jnp.abs(a - b).max())
-              for a, b in zip(jax.tree.leaves(phi_end), jax.tree.leaves(phi0)))
+              for a, b in zip(jax.tree.leaves(end.phi), jax.tree.leaves(start.phi)))
   assert moved > 1e-4  # the generator did carry something
-  # Episodic MetaTPT starts every sample from phi0: the last sample's logits differ.
-  episodic, _ = one(frozen, phi0, images[-1], keys[-1], spec.replace(
+  # Episodic MetaTPT starts every sample from the initial phi: the last sample's logits differ.
+  episodic, _ = one(frozen, start.phi, images[-1], keys[-1], spec.replace(
       generator_memory="episodic"), mspec)
   assert not np.allclose(np.asarray(episodic), np.asarray(out[-1]), atol=1e-6)
 
@@ -128,7 +136,8 @@ def test_the_step_streams_exactly_when_the_spec_says_so():
   assert not method.is_online(SPEC)
   assert method.is_online(SPEC.replace(generator_memory="stream"))
   spec = SPEC.replace(generator_memory="stream")
-  frozen, mspec, images, keys, phi0 = _stream_setup(spec, 2)
+  frozen, mspec, images, keys, _ = _stream_setup(spec, 2)
+  phi0 = metatpt._init_generator(jax.random.key(1), spec, TEST_ARCH, 5)
   state = adapt.AdaptState(frozen, phi0)
   batch = dict(image=images, index=jnp.arange(2, dtype=jnp.int32))
   carried, metrics = adapt.make_step("metatpt", spec, mspec)(state, batch, jax.random.key(0))
@@ -136,13 +145,14 @@ def test_the_step_streams_exactly_when_the_spec_says_so():
   assert any(not np.allclose(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(carried.method_state), jax.tree.leaves(phi0)))
   with pytest.raises(UserError, match="augment='learned'"):
-    SPEC.replace(generator_memory="stream", augment="fixed").check()
+    SPEC.replace(generator_memory="stream", augment="fixed")
 
 
 def test_new_fields_at_their_defaults_leave_record_fingerprints_alone():
   from metatpt_jax.bench import fingerprint as fp
   plain = fp.result_fields(SPEC)
   assert "generator_memory" not in plain
-  assert not set(gen.GeneratorSpec.later_fields) & set(plain["generator"])
+  assert not set(gen.GeneratorSpec().later_fields) & set(plain["generator"])
   changed = fp.result_fields(SPEC.replace(generator=PHOTO, generator_memory="stream"))
   assert changed["generator_memory"] == "stream" and changed["generator"]["photometric"] is True
+  assert changed["generator"]["max_gamma"] == 1.5  # with photometric factors, bounds recorded

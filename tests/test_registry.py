@@ -215,6 +215,7 @@ def _toy_benchmark_run(tmp_path):
     (dict(group="baselines"), "group='baselines'"),
     (dict(adapt_one=None), "needs adapt_one"),
     (dict(stream=lambda *a: None, init_state=lambda *a: None), "give online"),
+    (dict(online=lambda spec: True), "give both"),
 ])
 def test_a_malformed_method_is_refused_when_made(fields, match):
   base = dict(name="bad", adapt_one=lambda *a: None)
@@ -229,7 +230,7 @@ def test_a_name_taken_by_another_module_is_refused_and_a_reload_replaces():
   with pytest.raises(UserError, match="registered by metatpt_jax.tpt"):
     registry.register(dataclasses.replace(method), module="someone_else")
   registry.register(method, module="metatpt_jax.tpt")  # a reloaded module registers again
-  assert registry.get("tpt") is method and registry.names()[1] == "tpt"
+  assert registry.get("tpt") is method and registry.names("main")[1] == "tpt"
 
 
 def test_specs_declare_which_fields_choose_code():

@@ -55,7 +55,7 @@ def initial_method_state(kind, spec, params, arch, class_names, key):
 
 def build_state(params, arch, class_names, prompt_cfg, kind, spec, seed) -> adapt.AdaptState:
   """AdaptState for one label set: prompt bank, initial context and the method's initial
-  per-domain state (`registry.Method.init_state`)."""
+  per-domain state (`initial_method_state`)."""
   bank = prompts.build_prompt_bank(params, arch, class_names, prompt_cfg.n_ctx)
   init = prompt_cfg.init or None
   ctx = prompts.init_context(params, arch, n_ctx=prompt_cfg.n_ctx, init=init,

@@ -90,7 +90,10 @@ def _lines(rgba, key, cfg):
 def _looks(rgba, op, key, cfg):
   """The picture as transformation `op` draws it (premultiplied RGBA in [0, 1]): as drawn, in
   grey, as a black silhouette whose inner colour boundaries show as white lines (the look of
-  high-contrast icons), as black strokes along every boundary (line art), or as drawn (small)."""
+  high-contrast icons), as black strokes along every boundary (line art), or as drawn (small).
+  The strokes sit on the pixel before each step (one-sided differences), so the silhouette's
+  outer contour also shows a 1-px white line on its right and lower side, where that pixel is
+  opaque: the checkpoint of world v3 was trained with it."""
   alpha = rgba[..., 3:]
   grey = jnp.broadcast_to(rgba[..., :3] @ jnp.array([0.299, 0.587, 0.114])[:, None],
                           rgba[..., :3].shape)
