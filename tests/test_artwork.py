@@ -268,3 +268,30 @@ def test_pretraining_v3_runs_on_artwork_and_reports_dev_zero_shot(fixture_world,
   report = metadata["zero_shot_test"]
   assert set(report) == {"iconify (dev)", "svg (dev)"}  # development splits only
   assert report["svg (dev)"] == dict(accuracy=None, num_images=0)  # its classes were dropped
+
+
+def test_class_subsets_are_nested_stratified_and_relabelled(fixture_world):
+  from metatpt_jax.data import domains
+  world = fixture_world
+  universe = tuple(f"k{i}" for i in range(12))
+  subgroups = {k: ("a", "b", "c")[i % 3] for i, k in enumerate(universe)}
+  order = world.class_order(universe, subgroups)
+  assert sorted(order) == sorted(universe)
+  assert {subgroups[k] for k in order[:3]} == {"a", "b", "c"}  # every prefix is stratified
+  full = domains.load_domain("artwork:iconify:plain", split="test", image_size=32)
+  sub = domains.load_domain("artwork:iconify:plain:2_classes", split="test", image_size=32)
+  assert sub.name == "artwork:iconify:plain:2_classes" and len(sub.class_names) == 2
+  assert set(sub.class_names) < set(full.class_names)
+  both = [domains.load_domain("artwork:iconify:plain:2_classes", split=s, image_size=32)
+          for s in world.SPLITS]
+  assert sum(len(d.labels) for d in both) >= 1
+  full = domains.load_domain("artwork:iconify:plain", split="dev", image_size=32)
+  sub = both[0] if len(both[0].labels) else both[1]
+  if sub is both[1]:
+    full = domains.load_domain("artwork:iconify:plain", split="test", image_size=32)
+  for label, image in zip(sub.labels, sub.images):  # each image keeps its class, relabelled
+    match = [i for i, x in enumerate(full.images) if np.array_equal(x, image)]
+    assert full.class_names[full.labels[match[0]]] == sub.class_names[label]
+  for bad in ("artwork:iconify:plain:x_classes", "artwork:iconify:plain:1_classes"):
+    with pytest.raises(UserError, match="class"):
+      domains.load_domain(bad, split="test", image_size=32)

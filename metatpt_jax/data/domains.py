@@ -7,8 +7,10 @@ Spec grammar (`load_domain`):
   folder:/path/to/dir[:clean | :<shift>:<sev>]  an image folder (one sub-folder per class)
   paper:imagenet_a | paper:ucf101:/path/to/dir  the paper's benchmarks (`benchmarks` module),
                                                 images read lazily, no shifts
-  artwork:openmoji_black[:plain | :cluttered]   world v3: a held-out style of emoji artwork
-                                                (`artwork.world`; splits "dev" and "test")
+  artwork:openmoji_black[:plain | :cluttered][:<M>_classes]
+                                                world v3: a held-out style of emoji artwork
+                                                (`artwork.world`; splits "dev" and "test"),
+                                                over all classes or a fixed subset of M
 
 What is deterministic from `seed`: which images are kept when `num_images` < N (a stratified
 subset that does not depend on the shift, so domains of one source at one seed hold the same
@@ -174,9 +176,19 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
 ARTWORK_PREFIX = "artwork:"
 
 
-def _artwork_parts(spec: str) -> tuple[str, str]:
-  style, _, rendering = spec[len(ARTWORK_PREFIX):].partition(":")
-  return style, rendering or "plain"
+def _artwork_parts(spec: str) -> tuple[str, str, int | None]:
+  """(style, rendering, number of classes or None) of an artwork domain string."""
+  parts = spec[len(ARTWORK_PREFIX):].split(":")
+  num_classes = None
+  if len(parts) > 1 and parts[-1].endswith("_classes"):
+    count = parts.pop()[:-len("_classes")]
+    if not count.isdigit():
+      raise UserError(f"Domain {spec!r}: a class subset is written '<M>_classes' with M a "
+                      "number, e.g. 'artwork:symbola:plain:200_classes'.")
+    num_classes = int(count)
+  if len(parts) > 2:
+    raise UserError(f"Domain {spec!r}: expected 'artwork:<style>[:<rendering>][:<M>_classes]'.")
+  return parts[0], parts[1] if len(parts) > 1 else "plain", num_classes
 
 
 def check_domain(spec: str, split: str) -> None:
@@ -195,9 +207,9 @@ def check_domain(spec: str, split: str) -> None:
 def _artwork_domain(spec, split, num_images, seed, image_size) -> Domain:
   """artwork:<held-out style>[:<rendering>], a seeded stratified subset of `num_images`."""
   from metatpt_jax.data.artwork import world  # only artwork domains need cairo and the cache
-  style, rendering = _artwork_parts(spec)
-  domain = world.load_domain(style, rendering, split, image_size=image_size,
-                             seed=seed)
+  style, rendering, num_classes = _artwork_parts(spec)
+  domain = world.load_domain(style, rendering, split, image_size=image_size, seed=seed,
+                             num_classes=num_classes)
   if num_images is None or num_images >= len(domain.labels):
     return domain
   keep = stratified_subset(domain.labels, num_images, seed)

@@ -17,6 +17,12 @@ side, at a random place, over a dimmed collage of four other pictures of the sam
 object small in a busy scene, where TPT's crops matter). Skin-tone variants are further pictures
 of their base class, so a domain may hold several pictures of one class (counted in
 `describe`).
+
+Class subsets: a domain may be evaluated over the first M classes of a fixed order of the
+universe (`class_order`: subgroups taken in turn, each in a seeded order), so subsets are nested
+and stratified by subgroup; its classifier then covers those M classes and its images are its
+split's pictures of them. For a style far from the source styles, M is chosen on the
+development split by zero-shot accuracy alone, and the tables say so.
 """
 from __future__ import annotations
 
@@ -77,21 +83,47 @@ def _cluttered(rgba, index: int, seed: int, size: int) -> np.ndarray:
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def check_domain(style: str, rendering: str, split: str) -> None:
+def class_order(universe, subgroups) -> tuple[str, ...]:
+  """The universe in a fixed order whose every prefix is stratified by subgroup: the subgroups
+  (in a seeded order) give one class each in turn, each subgroup's classes in a seeded order."""
+  rng = np.random.default_rng(SPLIT_SEED + 1)
+  by_subgroup = {}
+  for key in universe:
+    by_subgroup.setdefault(subgroups[key], []).append(key)
+  queues = [[by_subgroup[name][i] for i in rng.permutation(len(by_subgroup[name]))]
+            for name in sorted(by_subgroup)]
+  queues = [queues[i] for i in rng.permutation(len(queues))]
+  order = []
+  while queues:
+    order.extend(q.pop(0) for q in queues)
+    queues = [q for q in queues if q]
+  return tuple(order)
+
+
+def check_domain(style: str, rendering: str, split: str, num_classes: int | None = None) -> None:
   """Refuses a domain this world does not have (no data read)."""
   if style not in HELD_OUT_STYLES or rendering not in RENDERINGS or split not in SPLITS:
     raise UserError(f"artwork domain {style}:{rendering} ({split}): choose a held-out style of "
                     f"{HELD_OUT_STYLES}, a rendering of {RENDERINGS} and a split of {SPLITS}.")
+  if num_classes is not None and num_classes < 2:
+    raise UserError(f"artwork domain {style}:{rendering}: a class subset needs at least 2 "
+                    f"classes, got {num_classes}.")
 
 
 def load_domain(style: str, rendering: str = "plain", split: str = "test", *,
-                image_size: int = 64, seed: int = 0, cache_dir: str | None = None) -> Domain:
+                image_size: int = 64, seed: int = 0, cache_dir: str | None = None,
+                num_classes: int | None = None) -> Domain:
   """A held-out style's domain: pictures of its `split` classes in `rendering`, labels in the
-  class universe's order, every universe class in `class_names`."""
-  check_domain(style, rendering, split)
+  class universe's order, every universe class in `class_names` (or, with `num_classes`, the
+  first that many of `class_order`, in the universe's order)."""
+  check_domain(style, rendering, split, num_classes)
   catalog = styles.load_catalog(cache_dir)
   universe = class_universe(cache_dir, image_size)
-  dev = dev_classes(universe, {k: catalog.classes[k].subgroup for k in universe})
+  subgroups = {k: catalog.classes[k].subgroup for k in universe}
+  dev = dev_classes(universe, subgroups)
+  if num_classes is not None:
+    chosen = set(class_order(universe, subgroups)[:num_classes])
+    universe = tuple(k for k in universe if k in chosen)
   style_set = styles.load_style(style, image_size, cache_dir=cache_dir, catalog=catalog)
   dropped = {k for group in styles.indistinguishable_groups(style_set) for k in group}
   label_of = {k: i for i, k in enumerate(universe)}
@@ -103,7 +135,8 @@ def load_domain(style: str, rendering: str = "plain", split: str = "test", *,
     images = np.stack([_cluttered(style_set.rgba, i, seed, image_size) for i in keep])
   labels = np.array([label_of[style_set.keys[i]] for i in keep], np.int32)
   names = [catalog.classes[k].name for k in universe]
-  return Domain(f"artwork:{style}:{rendering}", images, labels, names)
+  suffix = "" if num_classes is None else f":{num_classes}_classes"
+  return Domain(f"artwork:{style}:{rendering}{suffix}", images, labels, names)
 
 
 def describe(domain: Domain) -> dict:
