@@ -96,3 +96,15 @@ def test_a_split_its_domains_lack_is_refused_before_any_data_is_read():
   cfg.data.split = "dev"
   with pytest.raises(UserError, match="valid splits"):
     runner.validate_config(cfg)
+
+
+def test_a_cell_of_a_smaller_domain_holds_the_whole_domain():
+  import numpy as np
+
+  from metatpt_jax.data.labelled import Domain
+  cfg = V3.get_config("levels")  # "every development image"
+  domain = Domain("artwork:symbola:plain", np.zeros((7, 4, 4, 3), np.uint8),
+                  np.zeros(7, np.int32), ["a"])
+  assert runner.cell_size(cfg, domain) == 7
+  cfg.data.num_images = 5
+  assert runner.cell_size(cfg, domain) == 5
