@@ -82,11 +82,12 @@ def test_paper_config_has_tpt_defaults():
   assert c.model.checkpoint == "openai/clip-vit-base-patch16" and c.batch_size == 1
   tpt = c.methods.tpt
   assert (tpt.n_views, tpt.selection_ratio, tpt.steps, tpt.lr) == (64, 0.1, 1, 5e-3)
-  assert tpt.view_kind == "augmix" and len(c.methods) == 11
+  assert tpt.view_kind == "augmix" and len(c.methods) == 12  # 11 methods + the template ensemble
+  assert c.methods.zero_shot_ensemble.templates == "clip"
   assert _paper_config("imagenet_r,tpt").methods.tpt.view_kind == "random_crop"
   with pytest.raises(ValueError, match="Datasets: imagenet, imagenet_a"):
     _paper_config("imagenet_q,tpt")
-  with pytest.raises(ValueError, match="Methods: zero_shot, tpt"):
+  with pytest.raises(ValueError, match="Methods: zero_shot, zero_shot_ensemble, tpt"):
     _paper_config("dtd,tptt")
 
 

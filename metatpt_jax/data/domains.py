@@ -196,7 +196,8 @@ def check_domain(spec: str, split: str) -> None:
   read (the benchmark checks every domain of a config first)."""
   if spec.startswith(ARTWORK_PREFIX):
     from metatpt_jax.data.artwork import world
-    world.check_domain(*_artwork_parts(spec), split)
+    style, rendering, num_classes = _artwork_parts(spec)
+    world.check_domain(style, rendering, split, num_classes=num_classes)
   elif spec.startswith(benchmarks.PREFIX + ":"):
     benchmarks.parse_paper_spec(spec)  # the paper's benchmarks read their own test split
   else:
