@@ -25,6 +25,7 @@ PLAIN = tuple(f"artwork:{style}:plain" for style in world.HELD_OUT_STYLES)
 # The two cluttered test domains: chosen on the `levels` run (development split, zero-shot only).
 CLUTTERED = ("artwork:fluent_flat:cluttered", "artwork:openmoji_black:cluttered")
 DOMAINS = PLAIN + CLUTTERED
+SUBSET_SIZES = (50, 100, 200, 400, 800)  # class subsets tried on the development split
 PROMPT = dict(n_ctx=3, init="an emoji of")  # the pretraining's plain caption, "an emoji of {}."
 # The decision rule for MetaTPT's variant, written before any test run: the variant of
 # `dev_metatpt` with the highest mean development accuracy replaces the reconstruction on test
@@ -56,6 +57,15 @@ def _levels(c):
   c.data.num_images = 100_000  # every development image
   c.methods = _zero_shots()
   c.output_dir = "runs/bench_v3_levels"
+
+
+def _levels_subsets(c):
+  # Zero-shot (one prompt) on the development split of every candidate over nested class
+  # subsets: the far styles' subset size is chosen here, by the zero-shot level alone.
+  c.data.split, c.data.num_images = "dev", 100_000
+  c.data.domains = tuple(f"{d}:{m}_classes" for d in CANDIDATES for m in SUBSET_SIZES)
+  c.methods = {"zero_shot": defaults.method_config("zero_shot")}
+  c.output_dir = "runs/bench_v3_levels_subsets"
 
 
 def _dev(c):
@@ -91,7 +101,7 @@ def _demo(c):
   c.output_dir = "runs/demo_v3"
 
 
-VARIANTS = {"levels": _levels, "dev": _dev, "dev_metatpt": _dev_metatpt, "test": _test,
+VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev, "dev_metatpt": _dev_metatpt, "test": _test,
             "demo": _demo}
 
 

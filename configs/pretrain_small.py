@@ -42,6 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every = 100
   c.eval_images = 0  # test images per source for the final zero-shot score; 0 = all
   c.progress_bar = True
+  c.export_dtype = "float32"  # of model.safetensors; "float16" halves it (loading casts back)
   if arg == "tiny":
     c.arch = "tiny"
     c.workdir = "runs/pretrain_tiny"

@@ -39,6 +39,11 @@ def get_config(arg: str = ""):
   c.logit_scale_init = math.log(100.0)
   c.logit_scale_max = math.log(100.0)
   c.compose = artwork.compose_config()
+  # Third candidate (chosen on the development split, docs/ARTWORK.md): a quarter of the
+  # backgrounds are dimmed collages of other pictures, since the second candidate, which never
+  # saw clutter, was at chance on every cluttered domain at every class-subset size.
+  c.compose.background_probs = (0.3, 0.2, 0.2, 0.3)
+  c.export_dtype = "float16"  # the 128-wide text tower fits the 25 MB limit in float16
   if arg != "tiny":
     c.arch = "small_v3"
     c.total_steps = 3000  # about 1.0 s a step on 2 cores: about 50 minutes

@@ -266,8 +266,44 @@ def test_pretraining_v3_runs_on_artwork_and_reports_dev_zero_shot(fixture_world,
   assert metadata["data"]["class_names"] == ["umbrella", "waving hand", "red circle",
                                              "blue circle"]
   report = metadata["zero_shot_test"]
-  assert set(report) == {"iconify (dev)", "svg (dev)"}  # development splits only
+  # held-out styles on their development split only; the sources on their own pictures
+  assert set(report) == {"iconify (dev)", "svg (dev)", "png (train pictures)",
+                         "webp (train pictures)"}
   assert report["svg (dev)"] == dict(accuracy=None, num_images=0)  # its classes were dropped
+  assert report["png (train pictures)"]["num_images"] > 0
+  # exported in float16 (the v3 config's export_dtype), loaded back as float32
+  from safetensors.numpy import load_file
+
+  from metatpt_jax.clip import checkpoint
+  assert {t.dtype for t in load_file(str(tmp_path / "run" / "model.safetensors")).values()} == {
+      np.dtype(np.float16)}
+  params, _ = checkpoint.load_clip(str(tmp_path / "run"))
+  assert params["logit_scale"].dtype == np.float32
+
+
+def test_collage_background_is_dimmed_clutter_of_the_other_pictures():
+  import jax
+  import jax.numpy as jnp
+
+  from metatpt_jax.pretrain import artwork
+  rgba = jnp.asarray(render.frame_rgba(_disc(32, 2, (220, 30, 30)), 32), jnp.float32) / 255.0
+  others = jnp.stack([jnp.asarray(render.frame_rgba(_disc(32, 2, c), 32), jnp.float32) / 255.0
+                      for c in ((0, 0, 0),) * 4])  # four black discs
+  cfg = artwork.compose_config()
+  cfg.background_probs = (0.0, 0.0, 0.0, 1.0)
+  cfg.scale, cfg.brightness, cfg.contrast = (0.3, 0.3), 0.0, (1.0, 1.0)
+  cfg.collage_contrast = (0.5, 0.5)
+  assert artwork.uses_collage(cfg)
+  image = np.asarray(artwork.compose(rgba, jax.random.key(1), 0, cfg, others))
+  grey = image.min(-1)
+  # the background holds the dimmed black discs (0.5 of the way to white), never full black
+  # away from the red picture, and still white between the discs
+  assert np.isclose(np.percentile(grey, 25), 0.5, atol=0.05) and grey.max() > 0.95
+  red = (image[..., 0] > 0.7) & (image[..., 1] < 0.3)
+  assert 0 < red.sum() < 0.15 * 32 * 32  # the picture, small, is there in full colour
+  # without `others`, the collage kind falls back to white
+  plain = np.asarray(artwork.compose(rgba, jax.random.key(1), 0, cfg))
+  assert np.percentile(plain.min(-1), 25) > 0.95
 
 
 def test_class_subsets_are_nested_stratified_and_relabelled(fixture_world):

@@ -14,6 +14,7 @@ import pathlib
 import warnings
 import zipfile
 
+import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -177,11 +178,16 @@ def load_clip(path, arch: CLIPArch | None = None) -> tuple[dict, CLIPArch]:
   return params_from_state_dict(state_dict, arch, fmt, str(path)), arch
 
 
-def save_hf(params: dict, arch: CLIPArch, directory) -> pathlib.Path:
-  """Writes config.json and model.safetensors, loadable by `CLIPModel.from_pretrained`."""
+def save_hf(params: dict, arch: CLIPArch, directory, dtype: str = "float32") -> pathlib.Path:
+  """Writes config.json and model.safetensors, loadable by `CLIPModel.from_pretrained`.
+
+  `dtype` "float16" halves the file (OpenAI's released CLIP weights are float16 too); loading
+  casts back to float32."""
+  if dtype not in ("float32", "float16"):
+    raise ValueError(f"dtype={dtype!r}: give 'float32' or 'float16'.")
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  tensors = hf_state_dict_from_params(params, arch)
+  tensors = {k: np.asarray(v, dtype) for k, v in hf_state_dict_from_params(params, arch).items()}
   # transformers refuses safetensors files without a "format" entry in their metadata.
   save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
   config = hf_config_from_arch(arch, float(tensors["logit_scale"]))

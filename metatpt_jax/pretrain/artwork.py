@@ -6,8 +6,9 @@ any background) labelled in world v3's class universe, names as CLDR names. Each
 (`compose`, on the device) draws one described transformation (`DESCRIBED`) and its caption is
 the template that names it, v2's lesson: context words that describe the image are what TPT's
 context tuning can pull. The picture is placed at a random scale and place over a random
-background (white, a colour, a gradient) with mild colour jitter, so scale, place and background
-carry no class information. Silhouettes and outlines are made from the picture's own alpha and
+background (white, a colour, a gradient, or a dimmed collage of four other pictures: clutter of
+objects that are not the one named) with mild colour jitter, so scale, place and background carry
+no class information. Silhouettes and outlines are made from the picture's own alpha and
 colour boundaries, drawn as strokes of one width: the look of line art and high-contrast icons,
 named in words, never the held-out artists' drawings themselves.
 """
@@ -36,7 +37,9 @@ def compose_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       scale=(0.6, 1.0),         # the picture's side as a fraction of the frame
       small_scale=(0.3, 0.5),   # ... for the "small" transformation
-      background_probs=(0.4, 0.3, 0.3),  # white, a random colour, a random gradient
+      # white, a random colour, a random gradient[, a dimmed collage of four other pictures]
+      background_probs=(0.4, 0.3, 0.3),
+      collage_contrast=(0.2, 0.7),  # how far the collage is dimmed toward white
       brightness=0.1, contrast=(0.7, 1.2),  # mild jitter of the composed image
       edge_threshold=(0.2, 0.4),   # colour step that draws a line (random per image)
       thick_prob=0.2,           # lines 2 px wide instead of 1 with this probability
@@ -108,20 +111,42 @@ def _looks(rgba, op, key, cfg):
       lambda: rgba))
 
 
-def _background(key, size, cfg):
+def _collage(others, key, cfg):
+  """A 2x2 collage [S, S, 3] of four other pictures (premultiplied RGBA [4, S, S, 4]) over
+  white, each at half size, dimmed toward white by a random contrast: clutter made of objects
+  that are not the one named."""
+  size = others.shape[1]
+  tiles = others[..., :3] + (1 - others[..., 3:])
+  tiles = tiles.reshape(4, size // 2, 2, size // 2, 2, 3).mean((2, 4))
+  collage = jnp.concatenate([jnp.concatenate(tiles[:2], 1), jnp.concatenate(tiles[2:], 1)], 0)
+  contrast = jax.random.uniform(key, (), minval=cfg.collage_contrast[0],
+                                maxval=cfg.collage_contrast[1])
+  return 1 - contrast * (1 - collage)
+
+
+def _background(key, size, cfg, others=None):
   k_kind, k_a, k_b, k_dir = jax.random.split(key, 4)
-  kind = jax.random.choice(k_kind, 3, p=jnp.asarray(cfg.background_probs))
+  kind = jax.random.choice(k_kind, len(cfg.background_probs), p=jnp.asarray(cfg.background_probs))
   a, b = jax.random.uniform(k_a, (3,)), jax.random.uniform(k_b, (3,))
   ramp = jnp.linspace(0.0, 1.0, size)
   ramp = jnp.where(jax.random.bernoulli(k_dir), ramp[:, None], ramp[None, :])[..., None]
   gradient = a * (1 - ramp) + b * ramp
   solid = jnp.broadcast_to(a, (size, size, 3))
-  return jnp.select([kind == 0, kind == 1], [jnp.ones((size, size, 3)), solid], gradient)
+  white = jnp.ones((size, size, 3))
+  collage = white if others is None else _collage(others, k_b, cfg)
+  return jnp.select([kind == 0, kind == 1, kind == 2], [white, solid, gradient], collage)
 
 
-def compose(rgba: jax.Array, key: jax.Array, op: jax.Array, cfg) -> jax.Array:
+def uses_collage(cfg) -> bool:
+  """Whether backgrounds may be collages of other pictures (then `compose` needs `others`)."""
+  return len(cfg.background_probs) == 4 and cfg.background_probs[3] > 0
+
+
+def compose(rgba: jax.Array, key: jax.Array, op: jax.Array, cfg,
+            others: jax.Array | None = None) -> jax.Array:
   """One training image [S, S, 3] in [0, 1] from premultiplied RGBA [S, S, 4] in [0, 1]:
-  transformation `op` (an index into DESCRIBED), a random scale and place, a background."""
+  transformation `op` (an index into DESCRIBED), a random scale and place, a background
+  (`others`: four other pictures [4, S, S, 4] for the collage background, when it is used)."""
   size = rgba.shape[0]
   k_scale, k_place, k_bg, k_jit, k_look = jax.random.split(key, 5)
   lo, hi = jnp.where(op == 4, jnp.asarray(cfg.small_scale), jnp.asarray(cfg.scale))
@@ -133,7 +158,7 @@ def compose(rgba: jax.Array, key: jax.Array, op: jax.Array, cfg) -> jax.Array:
   gu, gv = jnp.meshgrid(grid, grid, indexing="xy")
   inside = (jnp.abs(jnp.stack([gu, gv], -1) - center) <= scale).all(-1)[..., None]
   placed = jnp.where(inside, views.affine_warp(_looks(rgba, op, k_look, cfg), theta), 0.0)
-  image = placed[..., :3] + (1 - placed[..., 3:]) * _background(k_bg, size, cfg)
+  image = placed[..., :3] + (1 - placed[..., 3:]) * _background(k_bg, size, cfg, others)
   k_b, k_c = jax.random.split(k_jit)
   shift = jax.random.uniform(k_b, (), minval=-cfg.brightness, maxval=cfg.brightness)
   factor = jax.random.uniform(k_c, (), minval=cfg.contrast[0], maxval=cfg.contrast[1])

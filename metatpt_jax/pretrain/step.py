@@ -109,8 +109,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, arch: CLIPArch
   images = batch["images"].astype(jnp.float32) / 255.0
   keys = jax.random.split(key, images.shape[0])
   if images.shape[-1] == 4:  # pretraining v3: artwork composed with its described look
-    images = jax.vmap(artwork.compose, in_axes=(0, 0, 0, None))(images, keys, batch["ops"],
-                                                                config.compose)
+    others = None
+    if artwork.uses_collage(config.compose):  # four other pictures of the batch per image
+      others = jnp.stack([jnp.roll(images, shift, 0) for shift in range(1, 5)], 1)
+    images = jax.vmap(artwork.compose, in_axes=(0, 0, 0, None, 0))(images, keys, batch["ops"],
+                                                                   config.compose, others)
   elif "ops" in batch:  # pretraining v2: one described transformation per image
     images = jax.vmap(augment.apply_described, in_axes=(0, 0, 0, None, None))(
         images, keys, batch["ops"], config.augment, config.described)

@@ -60,6 +60,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.contrastive_target in step.TARGETS,
            f"--config.contrastive_target={config.contrastive_target!r}: give one of "
            f"{list(step.TARGETS)}.")
+  _require(config.get("export_dtype", "float32") in ("float32", "float16"),
+           f"--config.export_dtype={config.get('export_dtype')!r}: give 'float32' or 'float16'.")
+  if "compose" in config and artwork.uses_collage(config.compose):
+    _require(config.batch_size >= 5, f"--config.batch_size={config.batch_size}: collage "
+             "backgrounds take four other pictures of the batch; give at least 5.")
   _require(isinstance(config.workdir, str) and bool(config.workdir),
            "--config.workdir is empty: give a directory for checkpoints and the export.")
   _check_captions(config)
@@ -188,6 +193,28 @@ def _artwork_zero_shot(params, arch, config, tokenizer) -> dict:
         params, arch, domain.images, domain.labels, domain.class_names, artwork.EVAL_TEMPLATES,
         tokenizer)
     report[f"{style} (dev)"] = dict(accuracy=accuracy, num_images=len(domain.labels))
+  report.update(source_zero_shot(params, arch, config.sources, tokenizer))
+  return report
+
+
+def source_zero_shot(params, arch, sources, tokenizer, cache_dir=None) -> dict:
+  """Zero-shot on each source style's own pictures (plain, white background, every universe
+  class). These are the pictures pretraining saw (under augmentation): a fit figure, not a
+  generalisation one, hence the '(train pictures)' label."""
+  from metatpt_jax.data.artwork import styles, world
+  universe = world.class_universe(cache_dir, arch.vision.image_size)
+  catalog = styles.load_catalog(cache_dir)
+  names = [catalog.classes[k].name for k in universe]
+  label_of = {k: i for i, k in enumerate(universe)}
+  report = {}
+  for style in sources:
+    s = styles.load_style(style, arch.vision.image_size, cache_dir=cache_dir, catalog=catalog)
+    keep = [i for i, k in enumerate(s.keys) if k in label_of]
+    labels = np.array([label_of[s.keys[i]] for i in keep], np.int32)
+    report[f"{style} (train pictures)"] = dict(
+        accuracy=evaluate.zero_shot_accuracy(params, arch, s.images[keep], labels, names,
+                                             artwork.EVAL_TEMPLATES, tokenizer),
+        num_images=len(keep))
   return report
 
 
@@ -209,7 +236,7 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
   if info["step"] < config.total_steps:  # stopped early on purpose (config.stop_at)
     return dict(steps=info["step"], finished=False)
   params = jax.device_get(state.params)
-  checkpoint.save_hf(params, arch, workdir)
+  checkpoint.save_hf(params, arch, workdir, config.get("export_dtype", "float32"))
   metadata = dict(
       finished=True, command=command, seed=config.seed, arch=config.arch, steps=info["step"],
       batch_size=config.batch_size, wall_time_s=round(info["wall_time_s"], 1),
