@@ -314,17 +314,18 @@ def test_class_subsets_are_nested_stratified_and_relabelled(fixture_world):
   order = world.class_order(universe, subgroups)
   assert sorted(order) == sorted(universe)
   assert {subgroups[k] for k in order[:3]} == {"a", "b", "c"}  # every prefix is stratified
-  full = domains.load_domain("artwork:iconify:plain", split="test", image_size=32)
-  sub = domains.load_domain("artwork:iconify:plain:2_classes", split="test", image_size=32)
-  assert sub.name == "artwork:iconify:plain:2_classes" and len(sub.class_names) == 2
-  assert set(sub.class_names) < set(full.class_names)
-  both = [domains.load_domain("artwork:iconify:plain:2_classes", split=s, image_size=32)
-          for s in world.SPLITS]
-  assert sum(len(d.labels) for d in both) >= 1
-  full = domains.load_domain("artwork:iconify:plain", split="dev", image_size=32)
-  sub = both[0] if len(both[0].labels) else both[1]
-  if sub is both[1]:
-    full = domains.load_domain("artwork:iconify:plain", split="test", image_size=32)
+  subsets = {s: domains.load_domain("artwork:iconify:plain:2_classes", split=s, image_size=32)
+             for s in world.SPLITS}
+  fulls = {s: domains.load_domain("artwork:iconify:plain", split=s, image_size=32)
+           for s in world.SPLITS}
+  for split, sub in subsets.items():  # M-way among the split's own classes
+    assert sub.name == "artwork:iconify:plain:2_classes" and 1 <= len(sub.class_names) <= 2
+    present = {fulls[split].class_names[i] for i in fulls[split].labels}
+    assert {sub.class_names[i] for i in sub.labels} <= present  # the split's own pictures
+  assert not set(subsets["dev"].class_names) & set(subsets["test"].class_names)
+  split = "dev" if len(subsets["dev"].labels) else "test"
+  sub, full = subsets[split], fulls[split]
+  assert len(sub.labels) >= 1
   for label, image in zip(sub.labels, sub.images):  # each image keeps its class, relabelled
     match = [i for i, x in enumerate(full.images) if np.array_equal(x, image)]
     assert full.class_names[full.labels[match[0]]] == sub.class_names[label]

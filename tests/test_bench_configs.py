@@ -70,7 +70,7 @@ def test_every_v3_variant_validates_and_reads_its_split(variant):
     kind, _ = methods_lib.method_spec(mcfg)
     assert name.startswith(kind.removesuffix("_ensemble")), (name, kind)
   # Settings (and the candidate domains) are chosen on the development split only.
-  dev = variant in ("levels",) or variant.startswith("dev")
+  dev = variant.startswith(("levels", "dev"))
   assert cfg.data.split == ("dev" if dev else "test")
   assert all(d.startswith("artwork:") for d in cfg.data.domains)
   assert cfg.prompt.init == "an emoji of" and cfg.prompt.n_ctx == 3

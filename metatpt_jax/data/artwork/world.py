@@ -114,15 +114,20 @@ def load_domain(style: str, rendering: str = "plain", split: str = "test", *,
                 image_size: int = 64, seed: int = 0, cache_dir: str | None = None,
                 num_classes: int | None = None) -> Domain:
   """A held-out style's domain: pictures of its `split` classes in `rendering`, labels in the
-  class universe's order, every universe class in `class_names` (or, with `num_classes`, the
-  first that many of `class_order`, in the universe's order)."""
+  class universe's order, every universe class in `class_names`.
+
+  With `num_classes` M, the domain is M-way, as ImageNet-A/-R are 200-way subsets of ImageNet:
+  the first M of `class_order` *among the split's classes* (so a development and a test domain
+  share neither images nor classes, and both are M-way), in the universe's order, and the
+  pictures of those classes."""
   check_domain(style, rendering, split, num_classes)
   catalog = styles.load_catalog(cache_dir)
   universe = class_universe(cache_dir, image_size)
   subgroups = {k: catalog.classes[k].subgroup for k in universe}
   dev = dev_classes(universe, subgroups)
   if num_classes is not None:
-    chosen = set(class_order(universe, subgroups)[:num_classes])
+    in_split = [k for k in class_order(universe, subgroups) if (k in dev) == (split == "dev")]
+    chosen = set(in_split[:num_classes])
     universe = tuple(k for k in universe if k in chosen)
   style_set = styles.load_style(style, image_size, cache_dir=cache_dir, catalog=catalog)
   dropped = {k for group in styles.indistinguishable_groups(style_set) for k in group}
