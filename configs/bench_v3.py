@@ -6,6 +6,7 @@ artists (issue 24; docs/ARTWORK.md has the world, docs/WORLD_V3.md every figure)
     metatpt-bench --config configs/bench_v3.py:levels_subsets  # ... on class subsets, dev
     metatpt-bench --config configs/bench_v3.py:dev          # published settings, dev split
     metatpt-bench --config configs/bench_v3.py:dev_metatpt  # MetaTPT variants, dev split
+    metatpt-bench --config configs/bench_v3.py:dev_views    # larger views, dev split
     metatpt-bench --config configs/bench_v3.py:test         # published settings, test split
     metatpt-bench --config configs/bench_v3.py:demo         # `make demo`
 
@@ -98,6 +99,18 @@ def _dev_metatpt(c):
                **{name: defaults.metatpt_method(**o) for name, o in METATPT_VARIANTS.items()}}
 
 
+def _dev_views(c):
+  # Development probe (tools/probe_views_v3.py found TPT's confident crops of a 48-px icon right
+  # far less often than the image): TPT and MetaTPT with views of at least half the image's
+  # area, beside the published rows on the same development images (shared records with `dev`).
+  _dev(c)
+  c.methods = {"zero_shot": defaults.method_config("zero_shot"), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method(),
+               "tpt_views50": defaults.tpt_method(crop_scale=(0.5, 1.0)),
+               "metatpt_views50": defaults.metatpt_method(crop_scale=(0.5, 1.0),
+                                                          generator=dict(area_min=0.5))}
+
+
 def _test(c):
   c.data.split, c.data.domains, c.data.num_images = "test", DOMAINS, 100_000
   c.seeds = (0, 1, 2)
@@ -116,8 +129,8 @@ def _demo(c):
   c.output_dir = "runs/demo_v3"
 
 
-VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev, "dev_metatpt": _dev_metatpt, "test": _test,
-            "demo": _demo}
+VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev,
+            "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test, "demo": _demo}
 
 
 def get_config(arg: str = "levels"):
