@@ -8,27 +8,20 @@ views' averaged prediction (what TPT's entropy is taken over) and how often one 
 alone is right. No method is run; the test split is never read.
 """
 import argparse
-import importlib.util
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metatpt_jax import views
+from metatpt_jax import cli_util, losses, views
 from metatpt_jax.clip import checkpoint, zeroshot
 from metatpt_jax.clip.tokenizer import Tokenizer
 from metatpt_jax.data import domains
 from metatpt_jax.image_ops import clip_normalize
 from metatpt_jax.pretrain import artwork
 
-
-def _bench_v3():
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "bench_v3.py"
-  spec = importlib.util.spec_from_file_location("bench_v3", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "bench_v3.py"
 
 
 def main():
@@ -36,10 +29,10 @@ def main():
   parser.add_argument("--num-images", type=int, default=60)
   parser.add_argument("--n-views", type=int, default=64)
   args = parser.parse_args()
-  config = _bench_v3()
-  params, arch = checkpoint.load_clip(config.get_config("dev").model.checkpoint)
+  config = cli_util.sibling_config(str(CONFIG), "bench_v3", "dev")  # the dev domains
+  params, arch = checkpoint.load_clip(config.model.checkpoint)
   tokenizer = Tokenizer()
-  keep = max(1, int(round(0.1 * args.n_views)))
+  keep = int(args.n_views * 0.1)  # TPT's selection: int(64 * 0.1) = 6 views
 
   @jax.jit
   def probe(images, keys, classifier):
@@ -47,15 +40,14 @@ def main():
       v = views.tpt_views(image, key, args.n_views)
       logits = zeroshot.zeroshot_logits(params, clip_normalize(v), classifier, arch)
       probs = jax.nn.softmax(logits, -1)
-      entropy = -(probs * jnp.log(probs + 1e-12)).sum(-1)
-      chosen = jnp.argsort(entropy)[:keep]
+      chosen = losses.select_confident(logits, keep)
       return probs.argmax(-1), probs[chosen].mean(0).argmax(), probs.argmax(-1)[chosen]
     return jax.vmap(one)(images, keys)
 
   print("| domain (dev) | images | full image | any crop | confident views' mean | one "
         "confident view |")
   print("|---|---|---|---|---|---|")
-  for spec in config.DOMAINS:
+  for spec in config.data.domains:
     d = domains.load_domain(spec, split="dev", num_images=args.num_images, seed=0,
                             image_size=arch.vision.image_size)
     classifier = zeroshot.build_classifier(params, arch, d.class_names, artwork.EVAL_TEMPLATES,

@@ -60,8 +60,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.contrastive_target in step.TARGETS,
            f"--config.contrastive_target={config.contrastive_target!r}: give one of "
            f"{list(step.TARGETS)}.")
-  _require(config.get("export_dtype", "float32") in ("float32", "float16"),
-           f"--config.export_dtype={config.get('export_dtype')!r}: give 'float32' or 'float16'.")
+  _require(config.export_dtype in ("float32", "float16"),
+           f"--config.export_dtype={config.export_dtype!r}: give 'float32' or 'float16'.")
   if "compose" in config and artwork.uses_collage(config.compose):
     _require(config.batch_size >= 5, f"--config.batch_size={config.batch_size}: collage "
              "backgrounds take four other pictures of the batch; give at least 5.")
@@ -236,7 +236,7 @@ def run(config: ml_collections.ConfigDict, command: str = "") -> dict:
   if info["step"] < config.total_steps:  # stopped early on purpose (config.stop_at)
     return dict(steps=info["step"], finished=False)
   params = jax.device_get(state.params)
-  checkpoint.save_hf(params, arch, workdir, config.get("export_dtype", "float32"))
+  checkpoint.save_hf(params, arch, workdir, config.export_dtype)
   metadata = dict(
       finished=True, command=command, seed=config.seed, arch=config.arch, steps=info["step"],
       batch_size=config.batch_size, wall_time_s=round(info["wall_time_s"], 1),
