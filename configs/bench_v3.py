@@ -8,6 +8,7 @@ artists (issue 24; docs/ARTWORK.md has the world, docs/WORLD_V3.md every figure)
     metatpt-bench --config configs/bench_v3.py:dev_metatpt  # MetaTPT variants, dev split
     metatpt-bench --config configs/bench_v3.py:dev_views    # larger views, dev split
     metatpt-bench --config configs/bench_v3.py:test         # published settings, test split
+    metatpt-bench --config configs/bench_v3.py:test_ablations  # MetaTPT's ablations, one seed
     metatpt-bench --config configs/bench_v3.py:demo         # `make demo`
 
 Every setting is chosen on the development split (`--config.data.split=dev`: each held-out
@@ -118,6 +119,15 @@ def _test(c):
   c.output_dir = "runs/bench_v3_test"
 
 
+def _test_ablations(c):
+  # MetaTPT's ablations (fixed views, first order, joint, offline) at TPT's published settings
+  # on every test image, one seed, each paired with MetaTPT, TPT and zero-shot on the same
+  # images (shared records with `test`).
+  _test(c)
+  c.seeds = (0,)
+  c.methods = defaults.all_methods()
+
+
 def _demo(c):
   # `make demo`: the four plain test domains (by the order of HELD_OUT_STYLES, not by any
   # result), 60 test images each, one seed; zero-shot, TPT and MetaTPT at TPT's published
@@ -130,7 +140,8 @@ def _demo(c):
 
 
 VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev,
-            "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test, "demo": _demo}
+            "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test,
+            "test_ablations": _test_ablations, "demo": _demo}
 
 
 def get_config(arg: str = "levels"):

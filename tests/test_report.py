@@ -96,6 +96,24 @@ def test_settings_are_labelled_across_domains_and_seeds_not_per_cell():
   assert len({r["method"] for r in summarize.label_settings(recs)}) == 8
 
 
+def test_one_setting_over_domains_of_different_sizes_is_one_row():
+  """A run over every image of domains of different sizes records each cell's own count; the
+  rows are still one per setting, while a sweep over image counts on one domain stays apart."""
+  def setting(domain, n, lr=0.005):
+    return dict(method=dict(kind="tpt", spec=dict(lr=lr)), seed=0,
+                data=dict(domain=domain, class_names=[domain], num_images=n))
+  settings = {"a84": setting("a", 84), "b329": setting("b", 329), "c329": setting("a", 329, 0.05)}
+  recs = [dict(_rec("tpt", 0, 0, True, 0.9, setting["data"]["domain"]), fingerprint=fp)
+          for fp, setting in settings.items()]
+  ids = summarize.method_setting_ids(settings)
+  assert ids["a84"] == ids["b329"] != ids["c329"]
+  assert len({r["method"] for r in summarize.label_settings(recs, settings)}) == 2
+  # the same setting on domain "a" at two image counts: two ids, never one row
+  sweep = {"a84": setting("a", 84), "a329": setting("a", 329), "b329": setting("b", 329)}
+  ids = summarize.method_setting_ids(sweep)
+  assert ids["a84"] != ids["a329"]
+
+
 def _write_output_dir(path, num_images, sizes):
   """A tiny output_dir: records of two methods x two domains (one seed) and their settings;
   `sizes[(method, domain)]` records per cell, `num_images` each setting's image count."""

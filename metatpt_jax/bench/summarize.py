@@ -57,13 +57,25 @@ def complete_records(recs: list[dict], num_images: int | None = None,
 
 def method_setting_ids(settings: dict) -> dict:
   """{cell fingerprint: id of its method's setting}: the cell's setting without what varies
-  from cell to cell of one run (domain, its class names, seed), hashed."""
-  ids = {}
-  for fingerprint, setting in settings.items():
-    data = {k: v for k, v in setting.get("data", {}).items() if k not in ("domain", "class_names")}
+  from cell to cell of one run (domain, its class names, seed, and the domain's image count:
+  a run over every image of domains of different sizes is one setting), hashed. The image count
+  stays in the id of cells that differ from another cell of the same domain and seed by it
+  alone (a sweep over image counts), so no two cells of one domain and seed share an id."""
+  def digest(setting, with_count):
+    drop = ("domain", "class_names") + (() if with_count else ("num_images",))
+    data = {k: v for k, v in setting.get("data", {}).items() if k not in drop}
     rest = {k: v for k, v in setting.items() if k not in ("data", "seed")}
     text = json.dumps(dict(rest, data=data), sort_keys=True)
-    ids[fingerprint] = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+  ids = {fp: digest(setting, False) for fp, setting in settings.items()}
+  cells = collections.defaultdict(list)
+  for fp, setting in settings.items():
+    cells[(ids[fp], setting.get("data", {}).get("domain"), setting.get("seed"))].append(fp)
+  for fps in cells.values():
+    if len(fps) > 1:
+      for fp in fps:
+        ids[fp] = digest(settings[fp], True)
   return ids
 
 
