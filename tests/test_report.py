@@ -22,6 +22,43 @@ def test_ece_known_values():
   np.testing.assert_allclose(report.expected_calibration_error([1.0] * 4, [1, 0, 1, 0]), 0.5)
 
 
+def _ctpt_ece(num_bins, confidences, correct):
+  """A transcription of C-TPT's `ECE_Loss` (hee-suk-yoon/C-TPT, tpt_classification.py): bins
+  from torch.linspace, a sample in bin (lower, upper], bin error weighted by its share."""
+  import torch
+  bounds = torch.linspace(0, 1, num_bins + 1)
+  acc, conf, num = [0] * num_bins, [0] * num_bins, [0] * num_bins
+  for c, ok in zip(confidences, correct):
+    for b, (lower, upper) in enumerate(zip(bounds[:-1], bounds[1:])):
+      if lower.item() < c <= upper.item():
+        num[b] += 1
+        acc[b] += ok
+        conf[b] += c
+  loss = 0.0
+  for b in range(num_bins):
+    if num[b]:
+      loss += abs(acc[b] / num[b] - conf[b] / num[b]) * num[b] / len(confidences)
+  return loss
+
+
+def test_ece_is_ctpts_definition():
+  """20 bins closed on the right, as C-TPT computes the only published ECE we compare with;
+  confidences on the bin edges (float32, as records store them) land where theirs do."""
+  rng = np.random.default_rng(0)
+  edges = [float(np.float32(k / 20)) for k in (1, 2, 7, 10, 19, 20)]
+  confidence = np.concatenate([rng.uniform(0.02, 1, 300), np.repeat(edges, 5)])
+  correct = rng.uniform(size=confidence.size) < confidence ** 2
+  ours = report.expected_calibration_error(confidence, correct)
+  np.testing.assert_allclose(ours, _ctpt_ece(20, confidence.tolist(), correct.tolist()),
+                             rtol=1e-12, atol=1e-12)
+  # a confidence on an edge: 0.5 closes C-TPT's bin (0.45, 0.5], apart from 0.52; the earlier
+  # definition (15 bins closed on the left) puts both in [7/15, 8/15)
+  np.testing.assert_allclose(report.expected_calibration_error([0.5, 0.52], [1, 0]),
+                             0.5 * abs(0.5 - 1) + 0.5 * abs(0.52 - 0))
+  np.testing.assert_allclose(report.expected_calibration_error([0.5, 0.52], [1, 0], 15,
+                                                               right_closed=False), 0.01)
+
+
 def test_summary_mean_and_std_over_seeds():
   recs = [_rec("m", 0, i, i < 3, 0.8) for i in range(4)] + \
          [_rec("m", 1, i, i < 1, 0.8) for i in range(4)]

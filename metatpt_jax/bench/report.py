@@ -7,14 +7,25 @@ import os
 
 import numpy as np
 
-ECE_BINS = 15  # the customary number of equal-width confidence bins
+# C-TPT's definition (the only published ECE of these methods we compare with; their
+# tpt_classification.py `ECE_Loss(20, ...)`): 20 equal-width bins closed on the right,
+# (k/20, (k+1)/20], edges in float32 as their torch.linspace makes them. `ece15` in results.json
+# keeps this project's earlier definition (15 bins closed on the left) for older figures.
+ECE_BINS = 20
 
 
-def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> float:
-  """Sum over confidence bins of |accuracy - mean confidence| weighted by bin size."""
+def expected_calibration_error(confidence, correct, bins: int = ECE_BINS,
+                               right_closed: bool = True) -> float:
+  """Sum over equal-width confidence bins of |accuracy - mean confidence| weighted by the
+  bin's share of all samples. right_closed: bins (lo, hi] as C-TPT's (a confidence of exactly 0
+  falls in none, as theirs); otherwise [lo, hi) with 1.0 in the last bin."""
   confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-  edges = np.linspace(0, 1, bins + 1)
-  which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+  if right_closed:
+    edges = np.linspace(0, 1, bins + 1, dtype=np.float32).astype(float)
+    which = np.searchsorted(edges, confidence, side="left") - 1  # -1: at or below 0
+  else:
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
   ece = 0.0
   for b in range(bins):
     sel = which == b
@@ -24,7 +35,7 @@ def expected_calibration_error(confidence, correct, bins: int = ECE_BINS) -> flo
 
 
 def aggregate(records: list[dict]) -> dict:
-  """{method: {domain: {seed: {"acc", "ece", "n"}}}} in percent."""
+  """{method: {domain: {seed: {"acc", "ece", "ece15", "n"}}}} in percent."""
   groups = collections.defaultdict(list)
   for r in records:
     groups[(r["method"], r["domain"], r["seed"])].append(r)
@@ -34,6 +45,8 @@ def aggregate(records: list[dict]) -> dict:
     out[method][domain][seed] = dict(
         acc=100 * float(np.mean(correct)),
         ece=100 * expected_calibration_error([r["confidence"] for r in recs], correct),
+        ece15=100 * expected_calibration_error([r["confidence"] for r in recs], correct, 15,
+                                               right_closed=False),
         n=len(recs))
   return json.loads(json.dumps(out))  # plain dicts, str keys
 
@@ -71,7 +84,7 @@ def summary(agg: dict, methods: list[str], domains: list[str]) -> dict:
 
 
 METRIC_NAMES = {"acc": "top-1 accuracy (%)",
-                "ece": f"expected calibration error (%, {ECE_BINS} confidence bins)"}
+                "ece": f"expected calibration error (%, C-TPT's {ECE_BINS} right-closed confidence bins)"}
 
 
 def _count_text(counts: set[int]) -> str:
