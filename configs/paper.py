@@ -72,6 +72,10 @@ def get_config(arg: str = ""):
   c.data.cache_dir = ""  # images are read lazily from the tfds files; nothing to cache
   c.data.data_dir = ""  # "" -> $METATPT_DATA_DIR or ~/tensorflow_datasets
   c.data.classnames_dir = ""  # "" -> the packaged metatpt_jax/assets/datasets/<name>.json
+  # "dataset": each class name scored against the dataset's label of that name; "published":
+  # against the label the authors' code scored it against where that differs (TPT's, C-TPT's
+  # and MTA's Food101 swap cheesecake and cheese_plate: docs/REPRODUCING.md).
+  c.data.label_map = "dataset"
   c.seeds = (0,)
   c.batch_size = 1
   # The inner gradient over chunks of VIEW_CHUNK views: the same meta-gradient in 2.8 GiB per

@@ -154,6 +154,48 @@ def _imagenet_a_source(self, split, decoders=None, **kwargs):
            "file_name": f"{i}.jpg"} for i, label in enumerate(A_LABELS)]
 
 
+def test_food101_published_label_map_swaps_cheesecake_and_cheese_plate(tmp_path):
+  """TPT's Food101 class list scores the prompt 'cheesecake' against the cheese_plate images
+  and the other way round; label_map='published' reproduces that, 'dataset' does not."""
+  rng = np.random.default_rng(0)
+  labelled = ("apple_pie", "cheesecake", "cheese_plate")
+  for name in benchmarks.load_classes("food101")["label_names"]:
+    (tmp_path / name).mkdir()
+    if name in labelled:
+      Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+          tmp_path / name / "0.jpg")
+  names = benchmarks.load_classes("food101")["classnames"]
+  by_folder = {}
+  for label_map in benchmarks.LABEL_MAPS:
+    d = benchmarks.load_benchmark(f"paper:food101:{tmp_path}", image_size=8,
+                                  label_map=label_map)
+    assert d.class_names == names  # the prompts never change, only what they are scored on
+    by_folder[label_map] = sorted(names[label] for label in d.labels)
+  assert by_folder["dataset"] == sorted(["apple pie", "cheesecake", "cheese plate"])
+  assert by_folder["published"] == by_folder["dataset"]  # the two swap places...
+  ours = benchmarks.load_classes("food101")["label_names"]
+  theirs = benchmarks.load_classes("food101", label_map="published")["label_names"]
+  changed = [(ours[i], theirs[i]) for i in range(len(ours)) if ours[i] != theirs[i]]
+  assert sorted(changed) == [("cheese_plate", "cheesecake"), ("cheesecake", "cheese_plate")]
+  # ...so the prompt "cheesecake" is scored on the cheese_plate folder's image
+  theirs_domain = benchmarks.load_benchmark(f"paper:food101:{tmp_path}", image_size=8,
+                                            label_map="published")
+  ours_domain = benchmarks.load_benchmark(f"paper:food101:{tmp_path}", image_size=8)
+  assert (theirs_domain.labels != ours_domain.labels).sum() == 2
+  # records of one map never resume into a run of the other: the labels are in the fingerprint
+  from metatpt_jax.bench import fingerprint, methods
+  cfg = _paper_config("food101,main")
+  kind, spec = methods.method_spec(cfg.methods.tpt)
+  arch = config.get_arch("tiny")
+  prints = {fingerprint.fingerprint(runner.cell_setting(cfg, "tpt", kind, spec, d, 0, "w", arch))
+            for d in (theirs_domain, ours_domain)}
+  assert len(prints) == 2
+  # datasets whose published code agrees with the dataset's labels: one map
+  assert benchmarks.load_classes("dtd", label_map="published") == benchmarks.load_classes("dtd")
+  with pytest.raises(benchmarks.ClassNamesError, match="label_map"):
+    benchmarks.load_classes("food101", label_map="tpt")
+
+
 def test_imagenet_a_labels_map_to_the_subset_and_processes_split_the_images(tmp_path):
   with tfds.testing.mock_data(as_data_source_fn=_imagenet_a_source):
     whole = load_domain("paper:imagenet_a", image_size=16, data_dir=str(tmp_path))

@@ -11,6 +11,7 @@ index in the domain, so its prediction does not depend on the device or process 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -71,6 +72,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
            "--config.data.domains=\"('fashion_mnist:affine:3',)\".")
   _require(is_int(cfg.data.num_images) and cfg.data.num_images >= 1,
            f"--config.data.num_images={cfg.data.num_images!r}: give a positive count.")
+  label_map = cfg.data.get("label_map", "dataset")
+  _require(label_map in benchmarks.LABEL_MAPS,
+           f"--config.data.label_map={label_map!r}: give 'dataset' (labels as the dataset names "
+           "them) or 'published' (as the authors' code scored them, e.g. TPT's Food101).")
   canvas = cfg.data.get("canvas_size", 0)
   _require(is_int(canvas) and canvas >= 0,
            f"--config.data.canvas_size={canvas!r}: give 0 (views from the centre square) or the "
@@ -92,7 +97,8 @@ def _paper_data_args(cfg: ml_collections.ConfigDict) -> dict:
   """Where the paper's datasets live (configs/paper.py sets these; older configs lack them)."""
   return dict(data_dir=cfg.data.get("data_dir") or None,
               classnames_dir=cfg.data.get("classnames_dir") or None,
-              canvas_size=int(cfg.data.get("canvas_size", 0)))
+              canvas_size=int(cfg.data.get("canvas_size", 0)),
+              label_map=cfg.data.get("label_map", "dataset"))
 
 
 def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -120,6 +126,8 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
               num_images=cell_size(cfg, domain), class_names=list(domain.class_names),
               image_size=arch.vision.image_size,
               canvas_size=int(cfg.data.get("canvas_size", 0)) if paper else None)
+  if paper:  # which label each class name is scored against (a class-name file, label_map)
+    data["labels"] = hashlib.sha256(np.asarray(domain.labels, np.int64).tobytes()).hexdigest()[:16]
   return dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
               compute_dtype=cfg.model.compute_dtype,
               prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None), data=data)

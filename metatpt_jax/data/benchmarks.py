@@ -105,10 +105,22 @@ def tfds_build_command(bench: Benchmark, data_dir: str) -> str:
           f"--file_format=array_record")
 
 
+LABEL_MAPS = ("dataset", "published")
+
+
 @functools.cache
-def load_classes(name: str, classnames_dir: str | None = None) -> dict:
+def load_classes(name: str, classnames_dir: str | None = None,
+                 label_map: str = "dataset") -> dict:
   """The class-name file of `name`: classnames, label_names, templates (and for ImageNet-A/-R
-  imagenet_indices). `classnames_dir` holds replacement `<name>.json` files."""
+  imagenet_indices). `classnames_dir` holds replacement `<name>.json` files.
+
+  label_map "dataset" scores each class name against the dataset's label of that name;
+  "published" against the label the authors' code scored it against, where the file says they
+  differ (`published_label_names`: Food101, whose TPT class list swaps cheesecake and
+  cheese_plate), for numbers comparable with published tables. Elsewhere the two are one map."""
+  if label_map not in LABEL_MAPS:
+    raise ClassNamesError(f"--config.data.label_map={label_map!r}: give one of "
+                          f"{', '.join(LABEL_MAPS)}.")
   bench = get_benchmark(name)
   if classnames_dir:
     path = os.path.join(classnames_dir, f"{name}.json")
@@ -131,6 +143,12 @@ def load_classes(name: str, classnames_dir: str | None = None) -> dict:
     if dup != sorted(allowed):
       raise ClassNamesError(f"{path}: {key} has duplicates {dup[:5]} (declared: {allowed}); "
                             "names must be unique.")
+  if label_map == "published" and "published_label_names" in data:
+    published = data["published_label_names"]
+    if sorted(published) != sorted(labels):
+      raise ClassNamesError(f"{path}: published_label_names must hold the label_names, "
+                            "reordered.")
+    data = dict(data, label_names=list(published))
   return data
 
 
@@ -345,7 +363,8 @@ def parse_paper_spec(spec: str) -> tuple[Benchmark, str | None]:
 def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
                    image_size: int = 224, data_dir: str | None = None,
                    classnames_dir: str | None = None, process_index: int | None = 0,
-                   process_count: int | None = 1, canvas_size: int = 0):
+                   process_count: int | None = 1, canvas_size: int = 0,
+                   label_map: str = "dataset"):
   """Loads a paper dataset as a `Domain` with lazily read images.
 
   Args:
@@ -361,13 +380,15 @@ def load_benchmark(spec: str, *, num_images: int | None = None, seed: int = 0,
       keys) stay global.
     canvas_size: > 0 keeps each decoded image on a canvas of this side (aspect preserved,
       shrunk if larger) for TPT's random crops (`LazyImages.batch`); 0 keeps view 0 only.
+    label_map: "dataset" (labels as the dataset names them) or "published" (as the authors'
+      code scored them, where that differs: `load_classes`).
   Returns:
     Domain(name=spec, images=LazyImages [N, S, S, 3] uint8, labels [N] int32, class_names).
   """
   # On use: tfds_builders imports tensorflow_datasets, which folder-only users never need.
   from metatpt_jax.data import tfds_builders
   bench, folder = parse_paper_spec(spec)
-  classes = load_classes(bench.name, classnames_dir)
+  classes = load_classes(bench.name, classnames_dir, label_map)
   if folder:
     records = read_image_folder(bench, classes, folder)
   else:

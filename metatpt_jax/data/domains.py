@@ -127,7 +127,7 @@ def _cache_path(cache_dir, name, split, num_images, seed, image_size):
 def load_domain(spec: str, *, split: str = "test", num_images: int | None = None,
                 seed: int = 0, image_size: int = 32, data_dir: str | None = None,
                 cache_dir: str | None = None, classnames_dir: str | None = None,
-                canvas_size: int = 0) -> Domain:
+                canvas_size: int = 0, label_map: str = "dataset") -> Domain:
   """Loads the domain `spec` (grammar in the module docstring).
 
   Args:
@@ -142,6 +142,7 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
     classnames_dir: paper datasets only: a directory of replacement class-name files.
     canvas_size: paper datasets only: keep each decoded image on a canvas of this side for
       TPT's random crops from the full image (0: view 0 only; see `batch_inputs`).
+    label_map: paper datasets only: "dataset" or "published" (`benchmarks.load_classes`).
   Returns:
     Domain with images [N, S, S, 3] uint8 and labels [N] int32. For "paper:" specs `split` and
     `cache_dir` are unused (each dataset has its evaluation split) and images is a
@@ -150,7 +151,8 @@ def load_domain(spec: str, *, split: str = "test", num_images: int | None = None
   if spec.startswith(benchmarks.PREFIX + ":"):
     return benchmarks.load_benchmark(spec, num_images=num_images, seed=seed,
                                      image_size=image_size, data_dir=data_dir,
-                                     classnames_dir=classnames_dir, canvas_size=canvas_size)
+                                     classnames_dir=classnames_dir, canvas_size=canvas_size,
+                                     label_map=label_map)
   if spec.startswith(ARTWORK_PREFIX):
     return _artwork_domain(spec, split, num_images, seed, image_size)
   parsed = parse_spec(spec)
