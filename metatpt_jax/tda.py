@@ -15,13 +15,16 @@ reference setting is one stream.
 
 Defaults are the authors' ImageNet ones (positive: 3 shots, alpha 2, beta 5; negative: 2 shots,
 alpha 0.117, beta 1, entropy band 0.2-0.5 of log2 C, mask 0.03 < p < 1) on the image itself (one
-view), as the unified TTA-VLM benchmark runs it for every data set.
+view), with the prompt's initial context as the text classifier. The authors' per-dataset
+settings (their `configs/*.yaml` cache weights, their per-dataset prompt templates, and on
+ImageNet-A/-V2/-R/-Sketch the 6 most confident of the image and 63 AugMix views) are set by
+configs/paper.py through `pos_alpha`/`pos_beta`, `templates` and `n_views`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import chex
 import jax
@@ -48,6 +51,11 @@ class TDASpec(ConfidentViewsSpec):
   # (feature, logits), as the authors do with AugMix views for ImageNet's variants.
   n_views: int = 1
   view_kind: Literal["random_crop", "augmix"] = "augmix"
+  # The text classifier: () the prompt with its initial context; else the renormalised mean of
+  # each class's embeddings under these templates ("{}" for the class name), as the authors
+  # build theirs per dataset (`clip_classifier` over their `datasets/*.py` templates).
+  templates: tuple = ()
+  later_fields: ClassVar[tuple[str, ...]] = ("templates",)
 
   @property
   def num_keep(self) -> int:
@@ -60,6 +68,13 @@ class TDASpec(ConfidentViewsSpec):
     if self.pos_shot < 1 or self.neg_shot < 1 or self.n_views < 1:
       raise UserError(f"TDA needs pos_shot, neg_shot and n_views >= 1; got {self.pos_shot}, "
                       f"{self.neg_shot}, {self.n_views}.")
+
+
+class TDAState(NamedTuple):
+  """A stream's carried state: the caches, and the template classifier [C, E] (None: the
+  prompt's initial context)."""
+  cache: "Cache"
+  text: jax.Array | None
 
 
 class Cache(NamedTuple):
@@ -100,22 +115,31 @@ def _cache_logits(feature, features, entropy, values, beta):
 
 def sample_features(frozen: FrozenCLIP, text, image, key, spec: TDASpec, mspec: ModelSpec,
                     source: views.Source | None = None):
-  """(feature [E], CLIP logits [C]) of one sample against the class text features [C, E]: the
-  image, or its confident views' means."""
+  """(feature [E], CLIP logits [C], probabilities [C]) of one sample against the class text
+  features [C, E]: the image; or, as the authors' `get_clip_logits` does with views, the mean
+  feature (not renormalised) and mean logits of the confident views, with the mean of their
+  softmaxes as the probabilities (the entropy and the negative mask are taken from these)."""
   if spec.n_views == 1:
     feats = encode_images(frozen, image[None], mspec)
-    return feats[0], logits(frozen, feats, text)[0]
-  all_views = spec.make_views(image, key, source)
-  feats = encode_images(frozen, all_views, mspec)
-  view_logits = logits(frozen, feats, text)
-  keep = losses.select_confident(view_logits, spec.num_keep)
-  return jnp.mean(feats[keep], axis=0), jnp.mean(view_logits[keep], axis=0)
+    clip_logits = logits(frozen, feats, text)[0]
+    return feats[0], clip_logits, jax.nn.softmax(clip_logits)
+  feats = encode_images(frozen, spec.make_views(image, key, source), mspec)
+  return confident_views(feats, logits(frozen, feats, text), spec.num_keep)
 
 
-def tda_update_and_predict(cache: Cache, feature, clip_logits, spec: TDASpec):
-  """One stream step on a sample's feature [E] and CLIP logits [C]: (cache, final logits [C])."""
+def confident_views(feats, view_logits, num_keep: int):
+  """Views' features [V, E] and logits [V, C] -> (mean feature [E], mean logits [C], mean
+  softmax [C]) over the `num_keep` lowest-entropy views (the authors' `get_clip_logits`)."""
+  keep = losses.select_confident(view_logits, num_keep)
+  return (jnp.mean(feats[keep], axis=0), jnp.mean(view_logits[keep], axis=0),
+          jnp.mean(jax.nn.softmax(view_logits[keep]), axis=0))
+
+
+def tda_update_and_predict(cache: Cache, feature, clip_logits, spec: TDASpec, probs=None):
+  """One stream step on a sample's feature [E] and CLIP logits [C] (probabilities [C]: the
+  softmax of the logits unless given): (cache, final logits [C])."""
   num_classes = clip_logits.shape[-1]
-  probs = jax.nn.softmax(clip_logits)
+  probs = jax.nn.softmax(clip_logits) if probs is None else probs
   entropy = -jnp.sum(probs * jnp.log(probs + 1e-12))
   label = jnp.argmax(clip_logits)
   pos_f, pos_h, _ = _insert(cache.pos_features, cache.pos_entropy, label, feature, entropy)
@@ -134,25 +158,35 @@ def tda_update_and_predict(cache: Cache, feature, clip_logits, spec: TDASpec):
   return cache, final
 
 
-def tda_stream(frozen: FrozenCLIP, cache: Cache, images, keys, spec: TDASpec, mspec: ModelSpec,
-               sources: views.Source | None = None):
-  """Streams images [B, S, S, 3] in order through TDA: (cache, final logits [B, C], metrics
+def tda_stream(frozen: FrozenCLIP, state: TDAState, images, keys, spec: TDASpec,
+               mspec: ModelSpec, sources: views.Source | None = None):
+  """Streams images [B, S, S, 3] in order through TDA: (state, final logits [B, C], metrics
   with CLIP's logits [B, C]). Deterministic for a given order; `lax.scan` keeps one sample in
   flight."""
   chex.assert_rank(images, 4)
-  text = class_features(frozen, frozen.ctx_init, mspec)  # the same for the whole stream
+  text = state.text  # the same for the whole stream
+  if text is None:
+    text = class_features(frozen, frozen.ctx_init, mspec)
 
   def step(cache, xs):
     image, key, source = xs
-    feature, clip_logits = sample_features(frozen, text, image, key, spec, mspec, source)
-    cache, final = tda_update_and_predict(cache, feature, clip_logits, spec)
+    feature, clip_logits, probs = sample_features(frozen, text, image, key, spec, mspec, source)
+    cache, final = tda_update_and_predict(cache, feature, clip_logits, spec, probs)
     return cache, (final, clip_logits)
 
-  cache, (final, clip_logits) = jax.lax.scan(step, cache, (images, keys, sources))
-  return cache, final, dict(zero_shot_logits=clip_logits)
+  cache, (final, clip_logits) = jax.lax.scan(step, state.cache, (images, keys, sources))
+  return state._replace(cache=cache), final, dict(zero_shot_logits=clip_logits)
+
+
+def initial_state(params, arch, class_names, spec: TDASpec) -> TDAState:
+  """Empty caches, and the template classifier when `spec.templates` names one."""
+  text = None
+  if spec.templates:
+    from metatpt_jax.clip import zeroshot
+    text = zeroshot.build_classifier(params, arch, class_names, tuple(spec.templates))
+  return TDAState(init_cache(len(class_names), arch.embed_dim, spec), text)
 
 
 registry.register(registry.Method(
     "tda", None, spec_type=TDASpec, stream=tda_stream, group="baseline",
-    init_state=lambda key, spec, arch, num_classes: init_cache(num_classes, arch.embed_dim,
-                                                               spec)))
+    model_state=initial_state))

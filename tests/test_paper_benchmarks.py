@@ -91,6 +91,37 @@ def test_paper_config_has_tpt_defaults():
     _paper_config("dtd,tptt")
 
 
+# TDA as its authors run it (kdiAAA/TDA configs/*.yaml, datasets/*.py, utils.py): positive-cache
+# (alpha, beta), the number of templates of its text classifier (or the single template), and
+# the views (64 = the image and 63 AugMix views, 6 most confident averaged).
+TDA_AUTHORS = {"imagenet": ((2, 5), 7, 1), "imagenet_a": ((2, 5), 7, 64),
+               "imagenet_v2": ((1, 8), 7, 64), "imagenet_r": ((1, 8), 80, 64),
+               "imagenet_sketch": ((2.363, 7.45), 80, 64), "caltech101": ((5, 5), 7, 1),
+               "dtd": ((2, 3), "{} texture.", 1),
+               "eurosat": ((4, 8), "a centered satellite photo of {}.", 1),
+               "fgvc_aircraft": ((2, 2), "a photo of a {}, a type of aircraft.", 1),
+               "food101": ((1, 1), "a photo of {}, a type of food.", 1),
+               "oxford_flowers": ((1, 5), "a photo of a {}, a type of flower.", 1),
+               "oxford_pets": ((2, 7), "a photo of a {}, a type of pet.", 1),
+               "stanford_cars": ((1, 7), 7, 1), "sun397": ((2, 3), 7, 1),
+               "ucf101": ((3, 8), "a photo of a person doing {}.", 1)}
+
+
+@pytest.mark.parametrize("name", list(TDA_AUTHORS))
+def test_paper_tda_is_the_authors_per_dataset_setting(name):
+  from metatpt_jax.bench import methods
+  (alpha, beta), templates, num_views = TDA_AUTHORS[name]
+  _, spec = methods.method_spec(_paper_config(f"{name},tda").methods.tda)
+  assert (spec.pos_alpha, spec.pos_beta) == (alpha, beta)
+  assert (spec.neg_alpha, spec.neg_beta, spec.pos_shot, spec.neg_shot) == (0.117, 1.0, 3, 2)
+  if isinstance(templates, int):
+    assert len(spec.templates) == templates and "itap of a {}." in spec.templates
+  else:
+    assert spec.templates == (templates,)
+  assert spec.n_views == num_views and spec.view_kind == "augmix"
+  assert spec.num_keep == (6 if num_views == 64 else 1)
+
+
 def test_unknown_dataset_name_lists_valid_names():
   with pytest.raises(ValueError, match="valid names: imagenet, imagenet_a.*eurosat"):
     load_domain("paper:imagenet_c")
