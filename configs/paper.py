@@ -5,7 +5,8 @@
     metatpt-bench --config configs/paper.py:ucf101,main \
         --config.data.domains="('paper:ucf101:/data/ucf101_midframes_test',)"
 
-The argument is "<dataset>,<method>". Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
+The argument is "<dataset>,<method>[,<policy>]" (policy: fp32, the default, or fp16 as the
+authors run on CUDA; `POLICIES`). Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
 zero_shot, tpt, metatpt and the ablations metatpt_first_order, metatpt_joint, metatpt_fixed_aug,
 metatpt_offline, the baselines (ctpt, zero, mta, tda) and zero_shot_ensemble (CLIP's 80
 templates); "main" runs zero_shot, tpt and metatpt in one go, "baselines" the baselines beside
@@ -51,13 +52,24 @@ TDA_VIEWS = {"imagenet_a": 64, "imagenet_v2": 64, "imagenet_r": 64, "imagenet_sk
 CTPT_IMAGENET_VARIANTS = ("imagenet_a", "imagenet_v2", "imagenet_r", "imagenet_sketch")
 
 
+# Numeric policies (the optional third part of the argument): "fp32" (the default) computes in
+# float32; "fp16" as the authors run on CUDA: fp32 weights under autocast (fp16 matmul inputs,
+# norms and softmax in fp32), and ZERO's "zero temperature" the fp16 epsilon 2**-10, a soft vote.
+POLICIES = {"fp32": dict(compute_dtype="float32", zero_temperature=0.0),
+            "fp16": dict(compute_dtype="float16", zero_temperature=2.0 ** -10)}
+
+
 def _parse(arg: str):
-  dataset, _, method = arg.partition(",")
-  if dataset not in benchmarks.BENCHMARKS or method not in METHODS + tuple(GROUPS):
-    raise ValueError(f"configs/paper.py needs '<dataset>,<method>', got {arg!r}. Datasets: "
-                     f"{', '.join(benchmarks.BENCHMARKS)}. Methods: {', '.join(METHODS)}, "
-                     f"or {' / '.join(GROUPS)} for several.")
-  return benchmarks.BENCHMARKS[dataset], GROUPS.get(method, (method,)), method
+  parts = arg.split(",")
+  dataset, method = parts[0], parts[1] if len(parts) > 1 else ""
+  policy = parts[2] if len(parts) > 2 else "fp32"
+  if (dataset not in benchmarks.BENCHMARKS or method not in METHODS + tuple(GROUPS)
+      or policy not in POLICIES or arg.count(",") > 2):
+    raise ValueError(f"configs/paper.py needs '<dataset>,<method>[,<policy>]', got {arg!r}. "
+                     f"Datasets: {', '.join(benchmarks.BENCHMARKS)}. Methods: "
+                     f"{', '.join(METHODS)}, or {' / '.join(GROUPS)} for several. Policies: "
+                     f"{', '.join(POLICIES)}.")
+  return benchmarks.BENCHMARKS[dataset], GROUPS.get(method, (method,)), method, policy
 
 
 def domain_spec(bench: benchmarks.Benchmark) -> str:
@@ -69,8 +81,9 @@ def domain_spec(bench: benchmarks.Benchmark) -> str:
 
 
 def get_config(arg: str = ""):
-  bench, methods, method_arg = _parse(arg)
+  bench, methods, method_arg, policy = _parse(arg)
   c = defaults.base_config()
+  c.model.compute_dtype = POLICIES[policy]["compute_dtype"]
   c.model.checkpoint = hub.PAPER_MODEL  # or a local HF directory / OpenAI .pt file
   c.prompt.init = "a photo of a"
   c.data.domains = (domain_spec(bench),)
@@ -103,7 +116,9 @@ def get_config(arg: str = ""):
   every.tda.update(dict(n_views=TDA_VIEWS.get(bench.name, 1), view_kind="augmix"))
   if bench.name in CTPT_IMAGENET_VARIANTS:
     every.ctpt.update(dict(dispersion_weight=20.0, view_kind="augmix"))
+  every.zero.temperature = POLICIES[policy]["zero_temperature"]
   c.methods = {name: every[name] for name in methods}
-  c.output_dir = os.path.join("runs", "paper", bench.name, method_arg)
+  suffix = "" if policy == "fp32" else f"_{policy}"
+  c.output_dir = os.path.join("runs", "paper", bench.name, method_arg + suffix)
   c.plot_views = False
   return c

@@ -15,6 +15,7 @@ ZERO's logits are the log of its vote shares (so softmax gives the shares as con
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import jax
@@ -28,8 +29,16 @@ from metatpt_jax.specs import ConfidentViewsSpec, ViewsSpec
 
 @dataclasses.dataclass(frozen=True)
 class ZeroSpec(ConfidentViewsSpec):
-  """ZERO's defaults (the authors' code): 64 views, 30 % kept."""
+  """ZERO's defaults (the authors' code): 64 views, 30 % kept.
+
+  temperature: the authors' "zero temperature" is the machine epsilon of the logits' dtype,
+  dividing cosine similarities before a softmax: under their fp16 autocast 2**-10, a soft vote
+  where the kept views' top two classes are within about 0.01 in cosine; in fp32 (2**-23) a hard
+  vote. 0 counts argmax votes (the fp32 limit); 2**-10 is their fp16 runs
+  (configs/paper.py's `fp16` policy)."""
   selection_ratio: float = 0.3
+  temperature: float = 0.0
+  later_fields: ClassVar[tuple[str, ...]] = ("temperature",)
 
 
 def _view_logits(frozen, image, key, spec, mspec, source):
@@ -41,13 +50,19 @@ def _view_logits(frozen, image, key, spec, mspec, source):
   return feats, text, logits(frozen, feats, text)
 
 
-def zero_votes(view_logits: jax.Array, num_keep: int) -> jax.Array:
-  """ZERO's votes [C]: argmax counts of the `num_keep` most confident views, plus one vote for
-  the tied class that the most confident discarded view names (no vote if none does)."""
+def zero_votes(view_logits: jax.Array, num_keep: int, temperature: float = 0.0,
+               logit_scale=1.0) -> jax.Array:
+  """ZERO's votes [C]: argmax counts of the `num_keep` most confident views (temperature 0), or
+  the sum of their softmax(cosine / temperature) (cosine = logits / logit_scale), plus one vote
+  for the tied class that the most confident discarded view names (no vote if none does)."""
   order = jnp.argsort(losses.view_entropy(view_logits), stable=True)
   classes = jnp.argmax(view_logits[order], axis=-1)
   num_classes = view_logits.shape[-1]
-  votes = jnp.sum(jax.nn.one_hot(classes[:num_keep], num_classes), axis=0)
+  if temperature > 0:
+    cosine = view_logits[order[:num_keep]] / logit_scale
+    votes = jnp.sum(jax.nn.softmax(cosine.astype(jnp.float32) / temperature, axis=-1), axis=0)
+  else:
+    votes = jnp.sum(jax.nn.one_hot(classes[:num_keep], num_classes), axis=0)
   tied = votes == votes.max()
   discarded = classes[num_keep:]
   names_tied = tied[discarded]
@@ -62,7 +77,8 @@ def zero_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: 
   """ZERO on one image: (log vote shares [C], metrics)."""
   chex.assert_rank(image, 3)
   _, _, view_logits = _view_logits(frozen, image, key, spec, mspec, source)
-  votes = zero_votes(view_logits, spec.num_keep)
+  votes = zero_votes(view_logits, spec.num_keep, spec.temperature,
+                     jnp.exp(frozen.params["logit_scale"]))
   shares = votes / jnp.sum(votes)
   return jnp.log(jnp.maximum(shares, 1e-12)), dict(zero_shot_logits=view_logits[0])
 

@@ -57,6 +57,40 @@ def test_zero_votes_match_the_transcription_with_and_without_ties():
   assert ties > 20, ties  # the tie-break path was exercised
 
 
+def _np_zero_soft(cosine, k, temperature):
+  """The authors' `zero` (FarinaMatteo/zero ttas/zero.py) on unscaled logits (cosines): the k
+  most confident views' softmax(cosine / eps) summed, eps their dtype's machine epsilon."""
+  order = np.argsort(_np_entropy(cosine * 100), kind="stable")
+  kept = cosine[order[:k]] / temperature
+  p = np.exp(kept - kept.max(1, keepdims=True))
+  p_bar = (p / p.sum(1, keepdims=True)).sum(0)
+  tied = np.flatnonzero(p_bar == p_bar.max())
+  if len(tied) > 1:
+    for c in cosine[order[k:]].argmax(1):
+      if c in tied:
+        p_bar[c] += 1
+        break
+  return p_bar
+
+
+def test_zero_at_fp16_temperature_is_the_authors_soft_vote():
+  """Under the authors' fp16 autocast, "zero temperature" is 2**-10: views whose top two classes
+  are within about 0.01 in cosine split their vote. Temperature 0 is the hard (fp32) vote."""
+  rng = np.random.default_rng(1)
+  eps16 = float(np.finfo(np.float16).eps)
+  soft_seen = 0
+  for trial in range(50):
+    cosine = (0.3 + 0.004 * rng.normal(size=(16, 5))).astype(np.float32)
+    logits = 100.0 * cosine
+    want = _np_zero_soft(cosine, 5, eps16)
+    got = np.asarray(training_free.zero_votes(jnp.asarray(logits), 5, eps16, 100.0))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    soft_seen += np.any((want > 1e-3) & (np.abs(want - np.round(want)) > 1e-3))
+    hard = np.asarray(training_free.zero_votes(jnp.asarray(logits), 5))
+    np.testing.assert_array_equal(hard, _np_zero(logits, 5))
+  assert soft_seen > 10, soft_seen  # the soft path differs from a count of argmaxes
+
+
 def _ours_and_inputs(fn, spec, seed):
   """fn's output on a tiny CLIP, and the same 16 views' features, text features and logits."""
   frozen, mspec = h.tiny_frozen(logit_scale=np.log(30.0))

@@ -122,6 +122,38 @@ def test_paper_tda_is_the_authors_per_dataset_setting(name):
   assert spec.num_keep == (6 if num_views == 64 else 1)
 
 
+def test_fp16_policy_is_the_authors_autocast():
+  """`<dataset>,<method>,fp16`: fp32 weights, fp16 matmul inputs, fp32 norms, softmax and
+  outputs (CUDA autocast), ZERO's zero temperature the fp16 epsilon; its own output_dir."""
+  import jax.numpy as jnp
+
+  from metatpt_jax import adapt, tpt
+  from metatpt_jax.bench import methods
+  from metatpt_jax.frozen_clip import class_features, encode_images, logits
+  from tests import method_helpers as h
+  c16, c32 = _paper_config("imagenet_a,all,fp16"), _paper_config("imagenet_a,all")
+  assert (c16.model.compute_dtype, c32.model.compute_dtype) == ("float16", "float32")
+  assert c16.methods.zero.temperature == 2.0 ** -10 and c32.methods.zero.temperature == 0.0
+  assert c16.output_dir != c32.output_dir
+  runner.validate_config(c16)
+  frozen, mspec32 = h.tiny_frozen(logit_scale=np.log(30.0))
+  mspec16 = methods.model_spec(c16.model, mspec32.arch)
+  assert mspec16.compute_dtype == jnp.float16
+  images = h.random_images(0, 3)
+  out = {}
+  for name, mspec in (("fp16", mspec16), ("fp32", mspec32)):
+    feats = encode_images(frozen, images, mspec)
+    out[name] = logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))
+    assert out[name].dtype == jnp.float32  # outputs stay fp32, as under autocast
+  np.testing.assert_allclose(np.asarray(out["fp16"]), np.asarray(out["fp32"]), atol=0.05)
+  assert np.abs(np.asarray(out["fp16"]) - np.asarray(out["fp32"])).max() > 0  # really fp16
+  # TPT's step runs under fp16 (gradients through fp16 matmuls) and gives finite logits
+  step = adapt.make_step("tpt", tpt.TPTSpec(n_views=8, selection_ratio=0.25), mspec16)
+  state, result = step(adapt.AdaptState(frozen), {"image": images, "index": jnp.arange(3)},
+                       jax.random.key(0))
+  assert np.isfinite(np.asarray(result["logits"])).all()
+
+
 def test_unknown_dataset_name_lists_valid_names():
   with pytest.raises(ValueError, match="valid names: imagenet, imagenet_a.*eurosat"):
     load_domain("paper:imagenet_c")

@@ -11,7 +11,10 @@ from metatpt_jax import adapt, prompts, registry
 from metatpt_jax.errors import UserError
 from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+# Matmul input dtypes (norms, softmax and outputs stay fp32): "float16" is the authors' CUDA
+# autocast (fp32 weights, fp16 matmuls), "bfloat16" the TPU / GPU choice.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+          "float64": jnp.float64}
 
 
 def method_spec(cfg: ml_collections.ConfigDict):
