@@ -59,6 +59,24 @@ def test_ece_is_ctpts_definition():
                                                                right_closed=False), 0.01)
 
 
+def test_paired_mean_weighs_every_domain_the_same():
+  """World v3's domains hold 34-329 images: the mean difference is the mean of the domains'
+  differences (as the accuracy table's mean), not the mean over pooled pairs."""
+  recs = []
+  for domain, n, wins in (("big", 300, 30), ("small", 30, 15)):
+    for i in range(n):
+      recs.append(_rec("zero_shot", 0, i, False, 0.5, domain))
+      recs.append(_rec("tpt", 0, i, i < wins, 0.5, domain))
+  diffs = report.paired_differences(recs, ["zero_shot", "tpt"], ["big", "small"])["tpt"]
+  np.testing.assert_allclose(diffs["big"][0], 10.0)
+  np.testing.assert_allclose(diffs["small"][0], 50.0)
+  mean, half, n = diffs["mean"]
+  np.testing.assert_allclose(mean, 30.0)  # pooled pairs would say 45 / 330 = 13.6
+  want = 1.959964 * np.sqrt(diffs["big"][1] ** 2 + diffs["small"][1] ** 2) / 1.959964 / 2
+  np.testing.assert_allclose(half, want, rtol=1e-6)
+  assert n == 330
+
+
 def test_summary_mean_and_std_over_seeds():
   recs = [_rec("m", 0, i, i < 3, 0.8) for i in range(4)] + \
          [_rec("m", 1, i, i < 1, 0.8) for i in range(4)]

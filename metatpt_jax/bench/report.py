@@ -137,7 +137,9 @@ def paired_differences(records: list[dict], methods, domains, baseline: str = "z
   accuracy points, from per-sample pairs (same domain, seed and index; seeds pooled).
 
   The interval is the normal one of a paired mean: 1.96 * sd(d) / sqrt(n), d in {-1, 0, 1}.
-  "mean" pools the pairs of every domain (domains hold equal numbers of samples).
+  "mean" is the mean over domains of the per-domain differences (each domain weighs the same,
+  as in the accuracy table's mean, whatever its size), with the interval of that mean:
+  1.96 * sqrt(sum_d sd_d^2 / n_d) / D; its n counts every pair.
   """
   correct = {(r["method"], r["domain"], r["seed"], r["index"]): float(r["correct"])
              for r in records}
@@ -145,17 +147,25 @@ def paired_differences(records: list[dict], methods, domains, baseline: str = "z
   for method in methods:
     if method == baseline:
       continue
-    row, pooled = {}, []
+    row, per_domain = {}, []
     for domain in domains:
       d = [100 * (c - correct[(baseline,) + k[1:]]) for k, c in correct.items()
            if k[0] == method and k[1] == domain and (baseline,) + k[1:] in correct]
       if d:
         row[domain] = _mean_ci(d)
-        pooled += d
-    if pooled:
-      row["mean"] = _mean_ci(pooled)
+        per_domain.append(np.asarray(d, float))
+    if per_domain:
+      row["mean"] = _mean_of_domains(per_domain)
     out[method] = row
   return out
+
+
+def _mean_of_domains(per_domain):
+  """(mean over domains of the mean differences, 95 % half-width, pairs) of [d_1, ..., d_D]."""
+  means = [d.mean() for d in per_domain]
+  variances = [d.var(ddof=1) / len(d) if len(d) > 1 else float("nan") for d in per_domain]
+  half = Z95 * np.sqrt(np.sum(variances)) / len(per_domain)
+  return float(np.mean(means)), float(half), int(sum(len(d) for d in per_domain))
 
 
 def _mean_ci(d):
@@ -172,7 +182,8 @@ def paired_caption(diffs: dict, domains, baseline: str = "zero_shot") -> str:
             if per_domain and pooled else "")
   return (f"method minus {baseline}, in accuracy points: mean paired difference ± half-width of "
           f"the 95 % normal interval over the paired samples{counts}; a pair is one image of "
-          "one seed under both methods, seeds pooled.")
+          "one seed under both methods, seeds pooled; the mean column weighs every domain "
+          "the same.")
 
 
 def paired_table(diffs: dict, domains, baseline: str = "zero_shot") -> str:
