@@ -186,6 +186,19 @@ def test_changed_setting_is_computed_afresh_never_reused(setup, reference, tmp_p
   assert table(swept) == table(fresh)  # the table holds only the current setting's records
 
 
+def test_records_of_another_platform_or_precision_are_never_resumed(setup, reference, tmp_path):
+  """A run at another matmul precision (as TPU's default bf16 passes are) computes every cell
+  afresh beside the float32 records in the same output_dir, and results.json says where."""
+  out = tmp_path / "other"
+  shutil.copytree(reference[":tpt"], out)
+  _run(_cmd(setup, out, ":tpt", ["--config.model.matmul_precision=bfloat16"]))
+  got = _records(out)
+  assert len(got) == 2 * 2 * NUM_IMAGES  # zero-shot and TPT twice: nothing was reused
+  assert len({r["fingerprint"] for r in got}) == 4
+  platform = json.loads((out / "results.json").read_text())["platform"]
+  assert platform["backend"] == "cpu" and platform["matmul_precision"] == "bfloat16"
+
+
 def test_unreadable_images_are_skipped_with_one_warning(setup, tmp_path):
   images = tmp_path / "images"
   shutil.copytree(setup / "images", images)

@@ -75,6 +75,8 @@ PROBES = [
      ["/nonexistent/ckpt", "does not exist"]),
     ("corrupt checkpoint", ["--config.model.checkpoint={corrupt}"], ["model.safetensors"]),
     ("unknown compute dtype", ["--config.model.compute_dtype=fp8"], ["fp8", "float32"]),
+    ("unknown matmul precision", ["--config.model.matmul_precision=fast"],
+     ["matmul_precision", "'fast'", "highest"]),
     ("folder of unreadable images", ["--config.data.domains=('folder:{broken}:clean',)"],
      ["no readable images", "2 unreadable"]),
     ("extra argument", ["extra"], ["unexpected arguments", "extra"]),

@@ -154,6 +154,28 @@ def test_fp16_policy_is_the_authors_autocast():
   assert np.isfinite(np.asarray(result["logits"])).all()
 
 
+def test_platform_enters_the_fingerprint_except_cpu_at_full_precision(monkeypatch):
+  """CPU records at float32 precision keep the fingerprints they had before the platform was
+  recorded; a TPU, a GPU or a lower precision is another setting."""
+  from metatpt_jax.bench import fingerprint, methods
+  cfg = _paper_config("dtd,tpt")
+  kind, spec = methods.method_spec(cfg.methods.tpt)
+  arch = config.get_arch("tiny")
+  from metatpt_jax.data.labelled import Domain
+  domain = Domain("paper:dtd", np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2, np.int32), ["a"])
+  prints = {}
+  for name, backend, precision in (("cpu", "cpu", "default"), ("cpu_highest", "cpu", "highest"),
+                                   ("cpu_bf16", "cpu", "bfloat16"), ("tpu", "tpu", "default"),
+                                   ("gpu", "gpu", "default")):
+    monkeypatch.setattr(runner.jax, "default_backend", lambda b=backend: b)
+    cfg.model.matmul_precision = precision
+    setting = runner.cell_setting(cfg, "tpt", kind, spec, domain, 0, "w", arch)
+    assert ("platform" in setting) == (name not in ("cpu", "cpu_highest"))
+    prints[name] = fingerprint.fingerprint(setting)
+  assert prints["cpu"] == prints["cpu_highest"]
+  assert len({prints[k] for k in ("cpu", "cpu_bf16", "tpu", "gpu")}) == 4
+
+
 def test_unknown_dataset_name_lists_valid_names():
   with pytest.raises(ValueError, match="valid names: imagenet, imagenet_a.*eurosat"):
     load_domain("paper:imagenet_c")

@@ -64,8 +64,10 @@ def baselines(**overrides_by_kind) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # class_chunk: the text tower over this many classes at a time (0: all; bounds memory at 1000)
+  # matmul_precision: jax.default_matmul_precision for the run ("default": the platform's own;
+  # on TPU that runs float32 matmuls in bf16 passes, "highest" in full float32).
   c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False,
-                 class_chunk=0)
+                 class_chunk=0, matmul_precision="default")
   c.prompt = dict(n_ctx=4, init="a photo of a")
   # canvas_size: paper datasets keep each decoded image (aspect kept, longer side at most this
   # many pixels) for TPT's random crops, as the public code crops the full image; 0 crops from

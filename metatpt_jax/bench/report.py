@@ -197,8 +197,10 @@ def paired_table(diffs: dict, domains, baseline: str = "zero_shot") -> str:
   return "\n".join([paired_caption(diffs, domains, baseline)] + lines)
 
 
-def write_outputs(output_dir: str, records: list[dict], methods, domains, config_json: str):
-  """results.json, results.md, accuracy.png and gain_vs_zero_shot.png; returns the Markdown."""
+def write_outputs(output_dir: str, records: list[dict], methods, domains, config_json: str,
+                  platform: dict | None = None):
+  """results.json, results.md, accuracy.png and gain_vs_zero_shot.png; returns the Markdown.
+  platform: where the table was written (backend, device kind, matmul precision)."""
   agg = aggregate(records)
   table = summary(agg, methods, domains)
   text = (markdown_table(table, methods, domains, "acc") + "\n\n"
@@ -208,7 +210,7 @@ def write_outputs(output_dir: str, records: list[dict], methods, domains, config
     text += "\n" + paired_table(diffs, domains) + "\n"
   with open(os.path.join(output_dir, "results.json"), "w") as f:
     json.dump(dict(per_seed=agg, summary=table, minus_zero_shot=diffs,
-                   config=json.loads(config_json)), f, indent=1)
+                   config=json.loads(config_json), platform=platform), f, indent=1)
   with open(os.path.join(output_dir, "results.md"), "w") as f:
     f.write(text)
   plot_accuracy(os.path.join(output_dir, "accuracy.png"), table, methods, domains)

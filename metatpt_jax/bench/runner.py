@@ -72,6 +72,10 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
            "--config.data.domains=\"('fashion_mnist:affine:3',)\".")
   _require(is_int(cfg.data.num_images) and cfg.data.num_images >= 1,
            f"--config.data.num_images={cfg.data.num_images!r}: give a positive count.")
+  precision = cfg.model.get("matmul_precision", "default")
+  _require(precision in MATMUL_PRECISIONS,
+           f"--config.model.matmul_precision={precision!r}: give one of "
+           f"{', '.join(MATMUL_PRECISIONS)}.")
   label_map = cfg.data.get("label_map", "dataset")
   _require(label_map in benchmarks.LABEL_MAPS,
            f"--config.data.label_map={label_map!r}: give 'dataset' (labels as the dataset names "
@@ -113,6 +117,28 @@ def cell_size(cfg, domain) -> int:
   return int(min(cfg.data.num_images, len(domain.labels)))
 
 
+# Matmul precisions jax.default_matmul_precision accepts; on CPU every one of the first three
+# computes float32 matmuls in float32 (the records made before the platform entered settings).
+MATMUL_PRECISIONS = ("default", "highest", "float32", "high", "tensorfloat32", "bfloat16")
+_CPU_FULL_PRECISION = MATMUL_PRECISIONS[:3]
+
+
+def platform_setting(cfg) -> dict:
+  """Where the numbers are computed: backend, device kind and the matmul precision asked for
+  (on TPU a "default" float32 matmul runs in bf16 passes, on recent GPUs in TF32)."""
+  return dict(backend=jax.default_backend(), device_kind=jax.local_devices()[0].device_kind,
+              matmul_precision=cfg.model.get("matmul_precision", "default"))
+
+
+def _platform_part(platform: dict) -> dict | None:
+  """The platform as a setting enters the fingerprint: None for CPU at full float32 precision,
+  so that the records made before the platform was recorded keep their fingerprints; any other
+  platform or precision is its own setting, never resumed into another's run."""
+  if platform["backend"] == "cpu" and platform["matmul_precision"] in _CPU_FULL_PRECISION:
+    return None
+  return platform
+
+
 def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   """Everything that decides the results of one cell (hashed into its fingerprint)."""
   method = dict(kind=kind, spec=fp_lib.result_fields(spec))
@@ -128,9 +154,14 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
               canvas_size=int(cfg.data.get("canvas_size", 0)) if paper else None)
   if paper:  # which label each class name is scored against (a class-name file, label_map)
     data["labels"] = hashlib.sha256(np.asarray(domain.labels, np.int64).tobytes()).hexdigest()[:16]
-  return dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
-              compute_dtype=cfg.model.compute_dtype,
-              prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None), data=data)
+  setting = dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
+                 compute_dtype=cfg.model.compute_dtype,
+                 prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
+                 data=data)
+  platform = _platform_part(platform_setting(cfg))
+  if platform is not None:
+    setting["platform"] = platform
+  return setting
 
 
 class Settings:
@@ -337,8 +368,9 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   specs = method_specs(cfg)
   pid, count = jax.process_index(), jax.process_count()
   store = _open_store(cfg, pid, count)
-  fingerprints, domain_names = run_cells(cfg, params, arch, mspec, specs, make_mesh(cfg), store,
-                                         Settings(cfg.output_dir, writer=pid == 0))
+  with jax.default_matmul_precision(cfg.model.get("matmul_precision", "default")):
+    fingerprints, domain_names = run_cells(cfg, params, arch, mspec, specs, make_mesh(cfg),
+                                           store, Settings(cfg.output_dir, writer=pid == 0))
   if count > 1:  # the table needs every process's records
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("metatpt-bench: all records written")
@@ -347,7 +379,7 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   # Only this run's cells: the directory may also hold other settings, seeds or methods.
   mine = records_lib.RecordStore(cfg.output_dir, read_only=True).of_cells(fingerprints)
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
-                              cfg.to_json_best_effort())
+                              cfg.to_json_best_effort(), platform=platform_setting(cfg))
   if cfg.plot_views:
     _plot_views(cfg, params, arch, mspec, specs)
   return text
