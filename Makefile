@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test lint install data demo bench clean folder-domain artwork libcairo
+.PHONY: test lint install data demo demo-v2 bench bench-v2 clean folder-domain artwork libcairo
 FOLDER_DOMAIN := runs/folder_domains/fashion_mnist_motion_blur_3_jpeg
 
 $(STAMP): setup.cfg pyproject.toml
@@ -48,11 +48,22 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python tools/check_shape.py
 
-demo: $(STAMP) data
+# The main job, world v3: fetches and renders the emoji artwork on first use (cached), then
+# zero-shot, TPT and MetaTPT on the four plain test domains (configs/bench_v3.py:demo).
+demo: $(STAMP) libcairo
+	$(VENV)/bin/metatpt-bench --config configs/bench_v3.py:demo
+
+# World v2's demo (Fashion-MNIST / Animal-MNIST under synthetic shifts).
+demo-v2: $(STAMP) data
 	$(VENV)/bin/metatpt-bench --config configs/bench_v2.py:demo
 
-# The current benchmark: world v2's test domains at published settings (the README's figures).
-bench: $(STAMP) data $(FOLDER_DOMAIN)
+# The main benchmark: world v3's test domains at published settings, 3 seeds (the README's
+# figures; resumable).
+bench: $(STAMP) libcairo
+	$(VENV)/bin/metatpt-bench --config configs/bench_v3.py:test
+
+# World v2's benchmark (the second world).
+bench-v2: $(STAMP) data $(FOLDER_DOMAIN)
 	$(VENV)/bin/metatpt-bench --config configs/bench_v2.py:test
 
 # The image-folder test domain of configs/bench_v2.py:test (3,000 JPEG files, 12 MB).

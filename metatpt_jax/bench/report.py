@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import textwrap
 
 import numpy as np
 
@@ -283,7 +284,8 @@ def plot_views(path, before, after, titles):
         ax.set_xticks([])
         ax.set_yticks([])
         if j == 0:
-          ax.set_ylabel(f"{titles[i]}\n{tag}", fontsize=6)
+          name = "\n".join(textwrap.wrap(titles[i], 14)[:2])  # long class names stay in the row
+          ax.set_ylabel(f"{name}\n{tag}", fontsize=6)
   fig.tight_layout(pad=0.1)
   fig.savefig(path, dpi=120)
   plt.close(fig)
