@@ -199,6 +199,19 @@ def test_records_of_another_platform_or_precision_are_never_resumed(setup, refer
   assert platform["backend"] == "cpu" and platform["matmul_precision"] == "bfloat16"
 
 
+def test_tables_wait_for_every_cell_and_name_what_is_missing():
+  """Process 0 writes tables only from complete cells (all processes' records in one shared
+  output_dir); otherwise it names the cells and counts that are missing."""
+  from metatpt_jax.bench import runner
+  cells = {"a": ("tpt", "d1", 0, 4), "b": ("zero_shot", "d1", 0, 4)}
+  recs = [dict(fingerprint="a", index=i) for i in range(4)]
+  recs += [dict(fingerprint="b", index=i) for i in range(2)]  # another process's share missing
+  missing = runner.incomplete_cells(recs, cells)
+  assert missing == "1 of 2 cells incomplete: zero_shot on d1 seed 0 has 2 of 4 records"
+  recs += [dict(fingerprint="b", index=i) for i in (2, 3)]
+  assert runner.incomplete_cells(recs, cells) == ""
+
+
 def test_unreadable_images_are_skipped_with_one_warning(setup, tmp_path):
   images = tmp_path / "images"
   shutil.copytree(setup / "images", images)

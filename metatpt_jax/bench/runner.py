@@ -10,6 +10,7 @@ index in the domain, so its prediction does not depend on the device or process 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -328,13 +329,13 @@ def _open_store(cfg, pid, count):
 
 
 def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
-  """Adapts every (seed, domain, method) cell's missing samples; returns the cells'
-  fingerprints and the domain names in run order."""
+  """Adapts every (seed, domain, method) cell's missing samples; returns {fingerprint: (method,
+  domain, seed, images the complete cell holds)} and the domain names in run order."""
   digest = fp_lib.params_digest(params)
   per_step = -(-cfg.batch_size // mesh.size) * mesh.size  # a multiple of the device count
   steps = {name: adapt.make_step(kind, spec, mspec, mesh=mesh)
            for name, (kind, spec) in specs.items()}
-  fingerprints, domain_names = [], []
+  fingerprints, domain_names, sizes = [], [], {}
   share = len(range(cfg.data.num_images)[sharding.process_slice(cfg.data.num_images)])
   total = len(cfg.seeds) * len(cfg.data.domains) * len(specs) * share
   with tqdm(total=total, desc="bench", disable=not cfg.progress_bar) as progress:
@@ -349,6 +350,7 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
           setting = cell_setting(cfg, name, kind, spec, domain, seed, digest, arch)
           job = Job(name, domain, seed, fp_lib.fingerprint(setting), setting)
           fingerprints.append(job.fingerprint)
+          sizes[job.fingerprint] = (name, domain.name, seed, cell_size(cfg, domain))
           _note_other_settings(job, store, settings)
           settings.add(job.fingerprint, setting)
           state = methods_lib.build_state(params, arch, domain.class_names, cfg.prompt, kind,
@@ -357,7 +359,7 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
           run_job(job, steps[name], sharding.replicate(mesh, state), store, per_step, progress,
                   mesh, online=registry.get(kind).is_online(spec), directory=cfg.output_dir)
-  return fingerprints, list(dict.fromkeys(domain_names))
+  return sizes, list(dict.fromkeys(domain_names))
 
 
 def run(cfg: ml_collections.ConfigDict) -> str:
@@ -369,20 +371,39 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   pid, count = jax.process_index(), jax.process_count()
   store = _open_store(cfg, pid, count)
   with jax.default_matmul_precision(cfg.model.get("matmul_precision", "default")):
-    fingerprints, domain_names = run_cells(cfg, params, arch, mspec, specs, make_mesh(cfg),
-                                           store, Settings(cfg.output_dir, writer=pid == 0))
+    cells, domain_names = run_cells(cfg, params, arch, mspec, specs, make_mesh(cfg), store,
+                                    Settings(cfg.output_dir, writer=pid == 0))
   if count > 1:  # the table needs every process's records
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("metatpt-bench: all records written")
   if pid != 0:
     return ""
   # Only this run's cells: the directory may also hold other settings, seeds or methods.
-  mine = records_lib.RecordStore(cfg.output_dir, read_only=True).of_cells(fingerprints)
+  mine = records_lib.RecordStore(cfg.output_dir, read_only=True).of_cells(cells)
+  missing = incomplete_cells(mine, cells)
+  if missing:
+    LOG.warning("No tables written: %s. Every process must write its records to this one "
+                "output_dir (local, NFS or a shared mount); run the missing share again (the "
+                "same command resumes it).", missing)
+    return ""
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
                               cfg.to_json_best_effort(), platform=platform_setting(cfg))
   if cfg.plot_views:
     _plot_views(cfg, params, arch, mspec, specs)
   return text
+
+
+def incomplete_cells(recs: list[dict], cells: dict) -> str:
+  """'' when every cell ({fingerprint: (method, domain, seed, size)}) holds its records; else
+  what is missing, e.g. '2 of 6 cells incomplete: tpt on d seed 0 has 6 of 12 records, ...'."""
+  counts = collections.Counter(r["fingerprint"] for r in recs)
+  short = [(cell, counts[fp]) for fp, cell in cells.items() if counts[fp] < cell[3]]
+  if not short:
+    return ""
+  named = ", ".join(f"{m} on {d} seed {seed} has {have} of {size} records"
+                    for (m, d, seed, size), have in short[:3])
+  more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+  return f"{len(short)} of {len(cells)} cells incomplete: {named}{more}"
 
 
 def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
