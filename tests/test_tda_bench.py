@@ -78,3 +78,14 @@ def test_tda_refuses_to_split_one_stream_over_devices(setup, tmp_path):
   assert adapt._stream_step("tda", spec, None, types.SimpleNamespace(size=1))
   with pytest.raises(UserError, match="num_devices=1"):
     adapt._stream_step("tda", spec, None, types.SimpleNamespace(size=8))
+
+
+def test_on_several_devices_the_stream_runs_on_one_and_the_episodic_methods_on_all(setup,
+                                                                                  tmp_path):
+  """bench_tiny:tda (zero-shot + TDA) on 4 fake devices: no refusal, and the records equal the
+  one-device run's (TDA's stream on one device, zero-shot split over four)."""
+  one, four = tmp_path / "one", tmp_path / "four"
+  test_bench._run(test_bench._cmd(setup, one, ":tda"), env=test_bench._env(1))
+  test_bench._run(test_bench._cmd(setup, four, ":tda"), env=test_bench._env(4))
+  test_bench._same_records(test_bench._records(one), test_bench._records(four))
+  assert {r["method"] for r in test_bench._records(four)} == {"zero_shot", "tda"}

@@ -328,12 +328,22 @@ def _open_store(cfg, pid, count):
   return store
 
 
+def _stream_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+  """The first device of `mesh` alone: where an online method's one stream runs."""
+  return mesh if mesh.size == 1 else sharding.make_data_mesh(mesh.devices.flat[:1])
+
+
 def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
   """Adapts every (seed, domain, method) cell's missing samples; returns {fingerprint: (method,
   domain, seed, images the complete cell holds)} and the domain names in run order."""
   digest = fp_lib.params_digest(params)
-  per_step = -(-cfg.batch_size // mesh.size) * mesh.size  # a multiple of the device count
-  steps = {name: adapt.make_step(kind, spec, mspec, mesh=mesh)
+  # Online methods stream on one device of each process (the authors' one stream; each process
+  # streams its own slice), episodic ones split their batches over every device of the mesh.
+  meshes = {name: _stream_mesh(mesh) if registry.get(kind).is_online(spec) else mesh
+            for name, (kind, spec) in specs.items()}
+  per_step = {name: -(-cfg.batch_size // m.size) * m.size  # a multiple of the device count
+              for name, m in meshes.items()}
+  steps = {name: adapt.make_step(kind, spec, mspec, mesh=meshes[name])
            for name, (kind, spec) in specs.items()}
   fingerprints, domain_names, sizes = [], [], {}
   share = len(range(cfg.data.num_images)[sharding.process_slice(cfg.data.num_images)])
@@ -357,8 +367,9 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
                                           spec, seed)
           state = prepare_state(state, job, kind, spec, mspec, store, cfg.methods[name])
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
-          run_job(job, steps[name], sharding.replicate(mesh, state), store, per_step, progress,
-                  mesh, online=registry.get(kind).is_online(spec), directory=cfg.output_dir)
+          run_job(job, steps[name], sharding.replicate(meshes[name], state), store,
+                  per_step[name], progress, meshes[name],
+                  online=registry.get(kind).is_online(spec), directory=cfg.output_dir)
   return sizes, list(dict.fromkeys(domain_names))
 
 
