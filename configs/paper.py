@@ -5,8 +5,8 @@
     metatpt-bench --config configs/paper.py:ucf101,main \
         --config.data.domains="('paper:ucf101:/data/ucf101_midframes_test',)"
 
-The argument is "<dataset>,<method>[,<policy>]" (policy: fp32, the default, or fp16 as the
-authors run on CUDA; `POLICIES`). Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
+The argument is "<dataset>,<method>[,<policy>]" (policy: fp32, the default; fp16 as the authors
+run on CUDA; gpu or tpu for bf16 on accelerators; `POLICIES`). Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
 zero_shot, tpt, metatpt and the ablations metatpt_first_order, metatpt_joint, metatpt_fixed_aug,
 metatpt_offline, the baselines (ctpt, zero, mta, tda) and zero_shot_ensemble (CLIP's 80
 templates); "main" runs zero_shot, tpt and metatpt in one go, "baselines" the baselines beside
@@ -52,11 +52,19 @@ TDA_VIEWS = {"imagenet_a": 64, "imagenet_v2": 64, "imagenet_r": 64, "imagenet_sk
 CTPT_IMAGENET_VARIANTS = ("imagenet_a", "imagenet_v2", "imagenet_r", "imagenet_sketch")
 
 
-# Numeric policies (the optional third part of the argument): "fp32" (the default) computes in
-# float32; "fp16" as the authors run on CUDA: fp32 weights under autocast (fp16 matmul inputs,
-# norms and softmax in fp32), and ZERO's "zero temperature" the fp16 epsilon 2**-10, a soft vote.
-POLICIES = {"fp32": dict(compute_dtype="float32", zero_temperature=0.0),
-            "fp16": dict(compute_dtype="float16", zero_temperature=2.0 ** -10)}
+# Numeric policies (the optional third part of the argument), each with its compute dtype (the
+# matmul inputs; weights, norms, softmax and outputs stay float32) and matmul precision explicit:
+# "fp32" (the default): float32 at full precision, the reference every test checks.
+# "fp16": as the authors run on CUDA: fp32 weights under autocast (fp16 matmul inputs), and
+#   ZERO's "zero temperature" the fp16 epsilon 2**-10, a soft vote.
+# "gpu": bf16 matmul inputs, the remaining float32 matmuls in TF32 (Ampere and later).
+# "tpu": bf16 matmul inputs, the platform's default precision (bf16 passes on TPU).
+POLICIES = {
+    "fp32": dict(compute_dtype="float32", matmul_precision="highest", zero_temperature=0.0),
+    "fp16": dict(compute_dtype="float16", matmul_precision="highest",
+                 zero_temperature=2.0 ** -10),
+    "gpu": dict(compute_dtype="bfloat16", matmul_precision="tensorfloat32", zero_temperature=0.0),
+    "tpu": dict(compute_dtype="bfloat16", matmul_precision="default", zero_temperature=0.0)}
 
 
 def _parse(arg: str):
@@ -84,6 +92,7 @@ def get_config(arg: str = ""):
   bench, methods, method_arg, policy = _parse(arg)
   c = defaults.base_config()
   c.model.compute_dtype = POLICIES[policy]["compute_dtype"]
+  c.model.matmul_precision = POLICIES[policy]["matmul_precision"]
   c.model.checkpoint = hub.PAPER_MODEL  # or a local HF directory / OpenAI .pt file
   c.prompt.init = "a photo of a"
   c.data.domains = (domain_spec(bench),)

@@ -154,6 +154,29 @@ def test_fp16_policy_is_the_authors_autocast():
   assert np.isfinite(np.asarray(result["logits"])).all()
 
 
+@pytest.mark.parametrize("policy,dtype,precision", [("", "float32", "highest"),
+                                                   ("gpu", "bfloat16", "tensorfloat32"),
+                                                   ("tpu", "bfloat16", "default")])
+def test_accelerator_policies_are_explicit_and_run_on_cpu(policy, dtype, precision):
+  """The gpu / tpu variants of a paper config name their compute dtype and matmul precision;
+  on CPU their forward keeps float32 outputs of the right shapes."""
+  import jax.numpy as jnp
+
+  from metatpt_jax.bench import methods
+  from metatpt_jax.frozen_clip import class_features, encode_images, logits
+  from tests import method_helpers as h
+  cfg = _paper_config("imagenet_r,tpt" + (f",{policy}" if policy else ""))
+  runner.validate_config(cfg)
+  assert (cfg.model.compute_dtype, cfg.model.matmul_precision) == (dtype, precision)
+  frozen, mspec32 = h.tiny_frozen()
+  mspec = methods.model_spec(cfg.model, mspec32.arch)
+  with jax.default_matmul_precision(cfg.model.matmul_precision):
+    feats = encode_images(frozen, h.random_images(0, 2), mspec)
+    out = logits(frozen, feats, class_features(frozen, frozen.ctx_init, mspec))
+  assert out.shape == (2, len(h.CLASS_NAMES)) and out.dtype == jnp.float32
+  assert feats.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+
+
 def test_platform_enters_the_fingerprint_except_cpu_at_full_precision(monkeypatch):
   """CPU records at float32 precision keep the fingerprints they had before the platform was
   recorded; a TPU, a GPU or a lower precision is another setting."""
