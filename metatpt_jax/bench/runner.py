@@ -35,6 +35,7 @@ from metatpt_jax.clip import checkpoint
 from metatpt_jax.data import benchmarks
 from metatpt_jax.data import domains as domains_lib
 from metatpt_jax.errors import UserError
+from metatpt_jax.image_ops import check_images
 
 LOG = logging.getLogger("metatpt_jax")
 
@@ -251,7 +252,7 @@ def _batches(todo, batch_size, online: bool):
 
 
 def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=False,
-            directory="") -> None:
+            directory="", image_size: int | None = None) -> None:
   """Adapts this process's not-yet-recorded samples of the job's cell and appends the records.
 
   An online method streams them in index order from the state saved after its recorded ones."""
@@ -269,22 +270,39 @@ def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=Fal
                                                          len(mine) - len(todo)))
   key = methods_lib.domain_key(job.seed, job.domain.name)
   data_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
-  for real, padded in _batches(todo, batch_size, online):
-    batch = dict(domains_lib.batch_inputs(job.domain, padded), index=padded.astype(np.int32))
-    batch = jax.device_put(batch, data_sharding)
-    state, metrics = step(state, batch, key)
+  jitted = getattr(step, "jitted", step)  # images are checked here, on the host, instead
+
+  def load(padded):
+    """A batch decoded, checked on the host (NumPy) and put on the mesh."""
+    inputs = domains_lib.batch_inputs(job.domain, padded)
+    check_images(inputs["image"], image_size or inputs["image"].shape[1], batched=True)
+    return jax.device_put(dict(inputs, index=padded.astype(np.int32)), data_sharding)
+
+  batches = list(_batches(todo, batch_size, online))
+  pending = load(batches[0][1]) if batches else None
+  for k, (real, _) in enumerate(batches):
+    state, metrics = jitted(state, pending, key)  # dispatched; the device works from here
+    prediction, confidence = _prediction_and_confidence(metrics["logits"])
+    # The next batch is decoded while the device computes this one (asynchronous dispatch).
+    pending = load(batches[k + 1][1]) if k + 1 < len(batches) else None
     if online:
       checkpoints.save(state.method_state, int(np.searchsorted(mine, real[-1])) + 1)
-    logits = np.asarray(metrics["logits"])[:len(real)]  # padding is never recorded
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    prediction = np.asarray(prediction)[:len(real)]  # padding is never recorded
+    confidence = np.asarray(confidence)[:len(real)]
     recs = []
     for row, i in enumerate(real):
-      pred, label = int(probs[row].argmax()), int(job.domain.labels[i])
+      pred, label = int(prediction[row]), int(job.domain.labels[i])
       recs.append(dict(fingerprint=job.fingerprint, method=job.method, domain=job.domain.name,
                        seed=job.seed, index=int(i), label=label, prediction=pred,
-                       correct=pred == label, confidence=float(probs[row].max())))
+                       correct=pred == label, confidence=float(confidence[row])))
     store.append(recs)
     progress.update(len(real))
+
+
+@jax.jit
+def _prediction_and_confidence(logits):
+  """On the device: (argmax [B], max softmax probability [B]); only these come to the host."""
+  return jnp.argmax(logits, axis=-1), jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
 
 
 def _sources(inputs: dict):
@@ -369,7 +387,8 @@ def run_cells(cfg, params, arch, mspec, specs, mesh, store, settings):
           progress.set_postfix_str(f"{name} {domain.name} seed={seed}")
           run_job(job, steps[name], sharding.replicate(meshes[name], state), store,
                   per_step[name], progress, meshes[name],
-                  online=registry.get(kind).is_online(spec), directory=cfg.output_dir)
+                  online=registry.get(kind).is_online(spec), directory=cfg.output_dir,
+                  image_size=arch.vision.image_size)
   return sizes, list(dict.fromkeys(domain_names))
 
 
