@@ -73,7 +73,7 @@ class TDASpec(ConfidentViewsSpec):
 class TDAState(NamedTuple):
   """A stream's carried state: the caches, and the template classifier [C, E] (None: the
   prompt's initial context)."""
-  cache: "Cache"
+  cache: Cache
   text: jax.Array | None
 
 

@@ -79,7 +79,7 @@ def test_zero_at_fp16_temperature_is_the_authors_soft_vote():
   rng = np.random.default_rng(1)
   eps16 = float(np.finfo(np.float16).eps)
   soft_seen = 0
-  for trial in range(50):
+  for _ in range(50):
     cosine = (0.3 + 0.004 * rng.normal(size=(16, 5))).astype(np.float32)
     logits = 100.0 * cosine
     want = _np_zero_soft(cosine, 5, eps16)

@@ -226,8 +226,8 @@ def test_augmix_point_operations_match_pillow(kind):
   image = _levels_image(kind)
   assert _pil_parity(augmix.posterize, lambda p: ImageOps.posterize(p, 4), image) == (0, 0)
   for threshold in (231, 250, 256):
-    assert _pil_parity(lambda x: augmix.solarize(x, threshold),
-                       lambda p: ImageOps.solarize(p, threshold), image) == (0, 0)
+    assert _pil_parity(lambda x, t=threshold: augmix.solarize(x, t),
+                       lambda p, t=threshold: ImageOps.solarize(p, t), image) == (0, 0)
   worst, share = _pil_parity(augmix.autocontrast, ImageOps.autocontrast, image)
   assert worst <= 1 and share <= 0.01, (worst, share)
 

@@ -129,7 +129,7 @@ def test_tda_with_views_matches_the_transcription():
   want_views = [_np_confident_views(f, lg) for f, lg in zip(per_view_f, per_view_l)]
   got_views = [tda.confident_views(jnp.asarray(f), jnp.asarray(lg), 6)
                for f, lg in zip(per_view_f, per_view_l)]
-  for (wf, wl, wp, wh), (gf, gl, gp) in zip(want_views, got_views):
+  for (wf, wl, wp, _), (gf, gl, gp) in zip(want_views, got_views):
     np.testing.assert_allclose(np.asarray(gf), wf, atol=1e-6)
     np.testing.assert_allclose(np.asarray(gl), wl, atol=1e-5)
     np.testing.assert_allclose(np.asarray(gp), wp, atol=1e-6)

@@ -10,10 +10,7 @@ index in the domain, so its prediction does not depend on the device or process 
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 
@@ -31,6 +28,14 @@ from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
 from metatpt_jax.bench import report
+from metatpt_jax.bench.cells import (
+  MATMUL_PRECISIONS,
+  Settings,
+  cell_setting,
+  cell_size,
+  incomplete_cells,
+  platform_setting,
+)
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.data import benchmarks
 from metatpt_jax.data import domains as domains_lib
@@ -111,80 +116,6 @@ def make_mesh(cfg: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """A data mesh over this process's first `num_devices` devices (0: all of them)."""
   devices = jax.local_devices()
   return sharding.make_data_mesh(devices[:cfg.get("num_devices", 0) or len(devices)])
-
-
-def cell_size(cfg, domain) -> int:
-  """The images a cell holds when complete: data.num_images, or the whole domain when it holds
-  fewer (so a complete cell reads as complete, e.g. "every image" as a large num_images)."""
-  return int(min(cfg.data.num_images, len(domain.labels)))
-
-
-# Matmul precisions jax.default_matmul_precision accepts; on CPU every one of the first three
-# computes float32 matmuls in float32 (the records made before the platform entered settings).
-MATMUL_PRECISIONS = ("default", "highest", "float32", "high", "tensorfloat32", "bfloat16")
-_CPU_FULL_PRECISION = MATMUL_PRECISIONS[:3]
-
-
-def platform_setting(cfg) -> dict:
-  """Where the numbers are computed: backend, device kind and the matmul precision asked for
-  (on TPU a "default" float32 matmul runs in bf16 passes, on recent GPUs in TF32)."""
-  return dict(backend=jax.default_backend(), device_kind=jax.local_devices()[0].device_kind,
-              matmul_precision=cfg.model.get("matmul_precision", "default"))
-
-
-def _platform_part(platform: dict) -> dict | None:
-  """The platform as a setting enters the fingerprint: None for CPU at full float32 precision,
-  so that the records made before the platform was recorded keep their fingerprints; any other
-  platform or precision is its own setting, never resumed into another's run."""
-  if platform["backend"] == "cpu" and platform["matmul_precision"] in _CPU_FULL_PRECISION:
-    return None
-  return platform
-
-
-def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
-  """Everything that decides the results of one cell (hashed into its fingerprint)."""
-  method = dict(kind=kind, spec=fp_lib.result_fields(spec))
-  if registry.get(kind).is_online(spec):  # online: each process is one stream of its slice
-    method["streams"] = jax.process_count()
-  offline = registry.get(kind).offline_images(spec, cfg.methods[name])
-  if offline:  # unlabeled images of the domain read before the stream (MetaTPT offline)
-    method["offline_images"] = int(offline)
-  paper = domain.name.startswith(benchmarks.PREFIX + ":")
-  data = dict(domain=domain.name, split="paper" if paper else cfg.data.split,
-              num_images=cell_size(cfg, domain), class_names=list(domain.class_names),
-              image_size=arch.vision.image_size,
-              canvas_size=int(cfg.data.get("canvas_size", 0)) if paper else None)
-  if paper:  # which label each class name is scored against (a class-name file, label_map)
-    data["labels"] = hashlib.sha256(np.asarray(domain.labels, np.int64).tobytes()).hexdigest()[:16]
-  setting = dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
-                 compute_dtype=cfg.model.compute_dtype,
-                 prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
-                 data=data)
-  platform = _platform_part(platform_setting(cfg))
-  if platform is not None:
-    setting["platform"] = platform
-  return setting
-
-
-class Settings:
-  """fingerprint -> setting, kept beside the records so a changed setting can be named."""
-
-  def __init__(self, directory: str, writer: bool):
-    self.path, self.writer = os.path.join(directory, records_lib.SETTINGS_FILE), writer
-    self.known = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.known = json.load(f)
-
-  def add(self, fingerprint: str, setting: dict) -> None:
-    if fingerprint in self.known:
-      return
-    self.known[fingerprint] = fp_lib.plain(setting)
-    if self.writer:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(self.known, f, indent=1, sort_keys=True, default=repr)
-      os.replace(tmp, self.path)
 
 
 def _note_other_settings(job: Job, store, settings: Settings) -> None:
@@ -421,19 +352,6 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   if cfg.plot_views:
     _plot_views(cfg, params, arch, mspec, specs)
   return text
-
-
-def incomplete_cells(recs: list[dict], cells: dict) -> str:
-  """'' when every cell ({fingerprint: (method, domain, seed, size)}) holds its records; else
-  what is missing, e.g. '2 of 6 cells incomplete: tpt on d seed 0 has 6 of 12 records, ...'."""
-  counts = collections.Counter(r["fingerprint"] for r in recs)
-  short = [(cell, counts[fp]) for fp, cell in cells.items() if counts[fp] < cell[3]]
-  if not short:
-    return ""
-  named = ", ".join(f"{m} on {d} seed {seed} has {have} of {size} records"
-                    for (m, d, seed, size), have in short[:3])
-  more = f" and {len(short) - 3} more" if len(short) > 3 else ""
-  return f"{len(short)} of {len(cells)} cells incomplete: {named}{more}"
 
 
 def _plot_views(cfg, params, arch, mspec, specs, num_samples=3, num_views=8):
