@@ -119,9 +119,28 @@ def test_paired_differences_and_interval():
   assert n == 4 and diffs["m"]["mean"] == diffs["m"]["d"]
   assert "zero_shot" not in diffs
   caption, header, _, row = report.paired_table(diffs, ["d"]).splitlines()
-  assert "± half-width of the 95 % normal interval" in caption and "4 pairs per domain" in caption
+  assert "± half-width of the 95 % normal interval" in caption and "4 images per domain" in caption
   assert header.startswith("| method minus zero_shot")
   assert row == f"| m | +25.0 ± {half:.1f} | +25.0 ± {half:.1f} |"  # cells parse as before
+
+
+def test_seeds_that_rerun_the_same_images_are_not_independent_samples():
+  """World v3's plain domains hold the same images under every seed (only the views change):
+  a difference repeated by a second seed must not narrow the interval."""
+  zs = [True, False, False, True, False]
+  m = [True, True, True, False, False]
+  one = [_rec("zero_shot", 0, i, c, 0.5) for i, c in enumerate(zs)] + \
+        [_rec("m", 0, i, c, 0.5) for i, c in enumerate(m)]
+  two = one + [dict(r, seed=1) for r in one]
+  a = report.paired_differences(one, ["zero_shot", "m"], ["d"])["m"]["d"]
+  b = report.paired_differences(two, ["zero_shot", "m"], ["d"])["m"]["d"]
+  np.testing.assert_allclose(b, a)  # same mean, same half-width, 5 images either way
+  # a second seed that disagrees on one image: that image counts its mean difference
+  flipped = [dict(r, seed=1, correct=not r["correct"]) if r["method"] == "m" and r["index"] == 4
+             else dict(r, seed=1) for r in one]
+  c = report.paired_differences(one + flipped, ["zero_shot", "m"], ["d"])["m"]["d"]
+  np.testing.assert_allclose(c[0], np.mean([0, 100, 100, -100, 50]))
+  assert c[2] == 5
 
 
 def test_domain_labels_tell_sources_apart():

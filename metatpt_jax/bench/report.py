@@ -134,13 +134,15 @@ Z95 = 1.959964  # two-sided 95 % normal quantile
 
 
 def paired_differences(records: list[dict], methods, domains, baseline: str = "zero_shot"):
-  """{method: {domain | "mean": (mean, 95 % half-width, n)}} of method minus baseline, in
-  accuracy points, from per-sample pairs (same domain, seed and index; seeds pooled).
+  """{method: {domain | "mean": (mean, 95 % half-width, images)}} of method minus baseline, in
+  accuracy points, from per-sample pairs (same domain, seed and index).
 
-  The interval is the normal one of a paired mean: 1.96 * sd(d) / sqrt(n), d in {-1, 0, 1}.
-  "mean" is the mean over domains of the per-domain differences (each domain weighs the same,
-  as in the accuracy table's mean, whatever its size), with the interval of that mean:
-  1.96 * sqrt(sum_d sd_d^2 / n_d) / D; its n counts every pair.
+  Pairs are clustered by image: an image's difference is averaged over the seeds that hold it,
+  and the interval is the normal one of the mean over images, 1.96 * sd / sqrt(images). Seeds
+  that re-run the same images (world v3's plain domains: only the views change) are therefore
+  not counted as independent samples. "mean" is the mean over domains of the per-domain
+  differences (each domain weighs the same, as in the accuracy table's mean, whatever its size),
+  with the interval of that mean: 1.96 * sqrt(sum_d sd_d^2 / n_d) / D.
   """
   correct = {(r["method"], r["domain"], r["seed"], r["index"]): float(r["correct"])
              for r in records}
@@ -150,11 +152,14 @@ def paired_differences(records: list[dict], methods, domains, baseline: str = "z
       continue
     row, per_domain = {}, []
     for domain in domains:
-      d = [100 * (c - correct[(baseline,) + k[1:]]) for k, c in correct.items()
-           if k[0] == method and k[1] == domain and (baseline,) + k[1:] in correct]
-      if d:
+      by_image = collections.defaultdict(list)
+      for k, c in correct.items():
+        if k[0] == method and k[1] == domain and (baseline,) + k[1:] in correct:
+          by_image[k[3]].append(100 * (c - correct[(baseline,) + k[1:]]))
+      if by_image:
+        d = np.array([np.mean(v) for v in by_image.values()])
         row[domain] = _mean_ci(d)
-        per_domain.append(np.asarray(d, float))
+        per_domain.append(d)
     if per_domain:
       row["mean"] = _mean_of_domains(per_domain)
     out[method] = row
@@ -176,15 +181,14 @@ def _mean_ci(d):
 
 
 def paired_caption(diffs: dict, domains, baseline: str = "zero_shot") -> str:
-  """The line above a paired table that says what its ± is and over how many pairs."""
+  """The line above a paired table that says what its ± is and over how many images."""
   per_domain = {row[c][2] for row in diffs.values() for c in domains if c in row}
   pooled = {row["mean"][2] for row in diffs.values() if "mean" in row}
-  counts = (f" ({_count_text(per_domain)} pairs per domain, {_count_text(pooled)} in mean)"
+  counts = (f" ({_count_text(per_domain)} images per domain, {_count_text(pooled)} in mean)"
             if per_domain and pooled else "")
   return (f"method minus {baseline}, in accuracy points: mean paired difference ± half-width of "
-          f"the 95 % normal interval over the paired samples{counts}; a pair is one image of "
-          "one seed under both methods, seeds pooled; the mean column weighs every domain "
-          "the same.")
+          f"the 95 % normal interval over the images{counts}; an image's difference is "
+          "averaged over the seeds that hold it; the mean column weighs every domain the same.")
 
 
 def paired_table(diffs: dict, domains, baseline: str = "zero_shot") -> str:
