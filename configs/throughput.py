@@ -6,6 +6,7 @@
     metatpt-throughput --config configs/throughput.py:scaling  # compile only: memory, B/16 + L/14
     metatpt-throughput --config configs/throughput.py:baselines  # ZERO, C-TPT, MTA, TDA beside TPT
     metatpt-throughput --config configs/throughput.py --config.compute_dtype=bfloat16  # accelerators
+    metatpt-throughput --config configs/throughput.py:accelerator  # one GPU / TPU chip, real scale
 
 Random weights (costs only). Cells that exceed `memory_limit_gib` (checked on the compiled program
 before it runs) or `max_seconds_per_cell` (estimated from the method's smallest batch) are skipped
@@ -139,8 +140,22 @@ def _baselines(c):
   c.output_dir = "runs/throughput_baselines"
 
 
+def _accelerator(c):
+  """Real scale on one GPU / TPU chip (tools/device_throughput.sh): B/16, 64 views, 200 and 1,000
+  classes, TPT and MetaTPT second order, batches up to 32. The PyTorch loop is left out: the
+  pinned torch is a CPU build, so it could not run on the same card."""
+  c.num_classes = (200, 1000)
+  c.batch_sizes = (1, 8, 32)
+  c.methods = dict(tpt=c.methods.tpt, metatpt_second=c.methods.metatpt_second)
+  c.torch_reference = False
+  c.memory_limit_gib = 70.0
+  c.max_seconds_per_cell = 240.0
+  c.targets = dict(meta_vs_tpt={"200": 5.0})
+  c.output_dir = "runs/throughput_accelerator"
+
+
 VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling,
-            "baselines": _baselines}
+            "baselines": _baselines, "accelerator": _accelerator}
 
 
 def get_config(arg: str = ""):

@@ -89,3 +89,14 @@ def test_cost_table_interpolates_between_measured_class_counts():
   assert float(cells[5]) == pytest.approx(30000 * 3.919e12 / 100e12 / 3600, abs=0.01)
   with pytest.raises(SystemExit, match="no batch-1 'metatpt_second'"):
     cost_table.table(dict(rows=rows[:2]), tflops=100.0)
+
+
+def test_every_throughput_variant_builds_and_the_accelerator_one_is_real_scale():
+  from tests.config_files import config_module
+  module = config_module("throughput")
+  for variant in module.VARIANTS:
+    module.get_config(variant)
+  c = module.get_config("accelerator")
+  assert (c.arch, c.n_views, tuple(c.num_classes)) == ("ViT-B/16", 64, (200, 1000))
+  assert set(c.methods) == {"tpt", "metatpt_second"} and c.methods.metatpt_second.order == "second"
+  assert not c.torch_reference  # the pinned torch is a CPU build: no loop on the same card

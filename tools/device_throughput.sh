@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Real-scale throughput on one accelerator (issue 25 B.7), as one prepared script: ViT-B/16,
+# 64 views, 200 and 1,000 classes, TPT and MetaTPT second order, fp32 then bf16 matmuls.
+# Run from the repository root on the accelerator host after `make install` (or with the
+# venv carried over); results land in runs/throughput_accelerator*/ (results.json, report).
+# The PyTorch loop is not run: the pinned torch is a CPU build (configs/throughput.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+"$PY" -c "import jax; print(jax.devices())"
+timeout 280 "$PY" -m metatpt_jax.bench.throughput --config configs/throughput.py:accelerator \
+  --config.output_dir=runs/throughput_accelerator_fp32 || echo "fp32 run stopped (time limit)"
+timeout 280 "$PY" -m metatpt_jax.bench.throughput --config configs/throughput.py:accelerator \
+  --config.compute_dtype=bfloat16 --config.output_dir=runs/throughput_accelerator_bf16 \
+  || echo "bf16 run stopped (time limit)"
