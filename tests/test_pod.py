@@ -43,6 +43,7 @@ def _cmd(setup, folder, out):
           f"--config.data.num_images={NUM_IMAGES}", "--config.batch_size=4",
           "--config.data.canvas_size=64", "--config.progress_bar=False",
           "--config.methods.tpt.n_views=8", "--config.methods.tpt.selection_ratio=0.25",
+          test_bench.TPT_EPS,  # records compared to fp32 across device counts: see test_bench
           f"--config.output_dir={out}"]
 
 
