@@ -21,7 +21,7 @@ $METATPT_DATA_DIR/folders/<dataset> unless `data.domains` names another folder.
 """
 import os
 
-from metatpt_jax import registry, specs
+from metatpt_jax import registry, specs, zero_shot
 from metatpt_jax.bench import defaults
 from metatpt_jax.bench import methods as bench_methods
 from metatpt_jax.clip import hub
@@ -36,10 +36,11 @@ GROUPS = {"main": registry.names("main"),
           "baselines": ("zero_shot", "tpt", *registry.names("baseline")), "all": METHODS}
 # TDA as its authors run each dataset (kdiAAA/TDA): the positive cache's (alpha, beta) from
 # their configs/<dataset>.yaml (the negative cache is the same everywhere); their text
-# classifier from the dataset's templates (`templates.tda` of its class-name file: CLIP's 7
-# templates for ImageNet, -A, -V2, Caltech101, Cars and SUN397, CLIP's 80 for -R and -Sketch,
-# CoOp's single template elsewhere); and on ImageNet-A/-V2/-R/-Sketch the image and 63 AugMix
-# views, the 6 most confident averaged (their get_ood_preprocess), elsewhere the image alone.
+# classifier from their datasets/<dataset>.py templates (TDA_TEMPLATE_SETS: CLIP's 7 templates
+# for ImageNet, -A, -V2, Caltech101, Cars and SUN397, CLIP's 80 for -R and -Sketch, CoOp's
+# single template of the class-name file elsewhere); and on ImageNet-A/-V2/-R/-Sketch the image
+# and 63 AugMix views, the 6 most confident averaged (their get_ood_preprocess), elsewhere the
+# image alone.
 TDA_POSITIVE = {"imagenet": (2.0, 5.0), "imagenet_a": (2.0, 5.0), "imagenet_v2": (1.0, 8.0),
                 "imagenet_r": (1.0, 8.0), "imagenet_sketch": (2.363, 7.45),
                 "caltech101": (5.0, 5.0), "dtd": (2.0, 3.0), "eurosat": (4.0, 8.0),
@@ -47,6 +48,18 @@ TDA_POSITIVE = {"imagenet": (2.0, 5.0), "imagenet_a": (2.0, 5.0), "imagenet_v2":
                 "oxford_pets": (2.0, 7.0), "stanford_cars": (1.0, 7.0), "sun397": (2.0, 3.0),
                 "ucf101": (3.0, 8.0)}
 TDA_VIEWS = {"imagenet_a": 64, "imagenet_v2": 64, "imagenet_r": 64, "imagenet_sketch": 64}
+TDA_TEMPLATE_SETS = {**dict.fromkeys(("imagenet", "imagenet_a", "imagenet_v2", "caltech101",
+                                      "stanford_cars", "sun397"), "clip7"),
+                     "imagenet_r": "clip", "imagenet_sketch": "clip"}
+
+
+def tda_templates(bench: benchmarks.Benchmark) -> tuple[str, ...]:
+  """The templates of TDA's text classifier on `bench` (a `zero_shot.TEMPLATE_SETS` name, or
+  the class-name file's CoOp template)."""
+  name = TDA_TEMPLATE_SETS.get(bench.name)
+  if name:
+    return tuple(zero_shot.TEMPLATE_SETS[name]())
+  return tuple(benchmarks.load_classes(bench.name)["templates"]["coop"])
 # C-TPT's authors: dispersion weight 20 and AugMix views on ImageNet-A/-V2/-R/-Sketch, 50 (and
 # TPT's views) elsewhere.
 CTPT_IMAGENET_VARIANTS = ("imagenet_a", "imagenet_v2", "imagenet_r", "imagenet_sketch")
@@ -121,7 +134,7 @@ def get_config(arg: str = ""):
     if isinstance(spec, specs.ViewsSpec) and spec.takes_dataset_views():
       every[name].view_kind = bench.view_kind
   every.tda.pos_alpha, every.tda.pos_beta = TDA_POSITIVE[bench.name]
-  every.tda.templates = tuple(benchmarks.load_classes(bench.name)["templates"]["tda"])
+  every.tda.templates = tda_templates(bench)
   every.tda.update(dict(n_views=TDA_VIEWS.get(bench.name, 1), view_kind="augmix"))
   if bench.name in CTPT_IMAGENET_VARIANTS:
     every.ctpt.update(dict(dispersion_weight=20.0, view_kind="augmix"))

@@ -43,13 +43,20 @@ def _artwork_templates() -> tuple[str, ...]:
   return artwork.DESCRIBED_TEMPLATES
 
 
+# CLIP's 7-template ImageNet ensemble (the subset OpenAI's prompt-engineering notebook selected
+# from the 80), as TDA's code builds its classifier on ImageNet, -A, -V2, Caltech101, Cars, SUN397.
+CLIP7_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+                   "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+                   "a photo of the small {}.")
+
 # name -> fn() -> templates, each with one "{}" for the class name.
-TEMPLATE_SETS = {"clip": _clip_templates, "artwork_described": _artwork_templates}
+TEMPLATE_SETS = {"clip": _clip_templates, "clip7": lambda: CLIP7_TEMPLATES,
+                 "artwork_described": _artwork_templates}
 
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleSpec(Spec):
-  templates: Literal["clip", "artwork_described"] = "clip"  # a key of TEMPLATE_SETS
+  templates: Literal["clip", "clip7", "artwork_described"] = "clip"  # a key of TEMPLATE_SETS
 
 
 def ensemble_classifier(params, arch, class_names, spec: EnsembleSpec) -> jax.Array:

@@ -183,7 +183,7 @@ def _batches(todo, batch_size, online: bool):
 
 
 def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=False,
-            directory="", image_size: int | None = None) -> None:
+            directory="", *, image_size: int) -> None:
   """Adapts this process's not-yet-recorded samples of the job's cell and appends the records.
 
   An online method streams them in index order from the state saved after its recorded ones."""
@@ -206,7 +206,7 @@ def run_job(job: Job, step, state, store, batch_size, progress, mesh, online=Fal
   def load(padded):
     """A batch decoded, checked on the host (NumPy) and put on the mesh."""
     inputs = domains_lib.batch_inputs(job.domain, padded)
-    check_images(inputs["image"], image_size or inputs["image"].shape[1], batched=True)
+    check_images(inputs["image"], image_size, batched=True)
     return jax.device_put(dict(inputs, index=padded.astype(np.int32)), data_sharding)
 
   batches = list(_batches(todo, batch_size, online))

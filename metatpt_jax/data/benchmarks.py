@@ -114,13 +114,11 @@ def load_classes(name: str, classnames_dir: str | None = None,
   """The class-name file of `name`: classnames, label_names, templates (and for ImageNet-A/-R
   imagenet_indices). `classnames_dir` holds replacement `<name>.json` files.
 
-  label_map "dataset" scores each class name against the dataset's label of that name;
-  "published" against the label the authors' code scored it against, where the file says they
-  differ (`published_label_names`: Food101, whose TPT class list swaps cheesecake and
-  cheese_plate), for numbers comparable with published tables. Elsewhere the two are one map."""
+  label_map "dataset" scores each class name against the dataset's label of that name,
+  "published" as the authors' code did where the file lists `published_label_swaps` (label
+  names whose places it exchanged: TPT's Food101 cheesecake / cheese_plate)."""
   if label_map not in LABEL_MAPS:
-    raise ClassNamesError(f"--config.data.label_map={label_map!r}: give one of "
-                          f"{', '.join(LABEL_MAPS)}.")
+    raise ClassNamesError(f"--config.data.label_map={label_map!r}: give one of {LABEL_MAPS}.")
   bench = get_benchmark(name)
   if classnames_dir:
     path = os.path.join(classnames_dir, f"{name}.json")
@@ -143,12 +141,14 @@ def load_classes(name: str, classnames_dir: str | None = None,
     if dup != sorted(allowed):
       raise ClassNamesError(f"{path}: {key} has duplicates {dup[:5]} (declared: {allowed}); "
                             "names must be unique.")
-  if label_map == "published" and "published_label_names" in data:
-    published = data["published_label_names"]
-    if sorted(published) != sorted(labels):
-      raise ClassNamesError(f"{path}: published_label_names must hold the label_names, "
-                            "reordered.")
-    data = dict(data, label_names=list(published))
+  if label_map == "published" and data.get("published_label_swaps"):
+    published = list(labels)
+    for pair in data["published_label_swaps"]:
+      if len(pair) != 2 or not set(pair) <= set(labels):
+        raise ClassNamesError(f"{path}: published_label_swaps holds label_names pairs: {pair!r}.")
+      i, j = (published.index(n) for n in pair)
+      published[i], published[j] = published[j], published[i]
+    data = dict(data, label_names=published)
   return data
 
 
