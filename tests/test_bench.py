@@ -77,12 +77,20 @@ def _records(out):
   return records.RecordStore(str(out)).all()
 
 
-def _same_records(a, b, rtol=1e-5):
+# Confidences after test-time tuning, compared across device counts, batch splits and restarts:
+# the same samples, keys and predictions are required exactly, but fp32 round-off from another
+# batch shape passes through TPT's top-10 % view selection and its AdamW step. Measured: zero-shot
+# within 1.5e-6 relative, TPT within 1.6e-4 (the largest of three sessions' runs, whose views differ
+# because the random views derive from the folder's path); the bound leaves 6x room.
+ZERO_SHOT_RTOL, TUNED_RTOL = 1e-5, 1e-3
+
+
+def _same_records(a, b):
   assert [records.record_key(r) for r in a] == [records.record_key(r) for r in b]
   assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
-  # vmap partners and device splits differ between runs; reductions may reorder in fp32.
-  np.testing.assert_allclose([r["confidence"] for r in a], [r["confidence"] for r in b],
-                             rtol=rtol)
+  for tuned in (False, True):
+    pick = lambda recs: [r["confidence"] for r in recs if (r["method"] != "zero_shot") == tuned]
+    np.testing.assert_allclose(pick(a), pick(b), rtol=TUNED_RTOL if tuned else ZERO_SHOT_RTOL)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 
 import jax
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from metatpt_jax import registry
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import records as records_lib
+from metatpt_jax.bench import storage
 from metatpt_jax.data import benchmarks
 
 
@@ -73,21 +73,18 @@ class Settings:
   """fingerprint -> setting, kept beside the records so a changed setting can be named."""
 
   def __init__(self, directory: str, writer: bool):
-    self.path, self.writer = os.path.join(directory, records_lib.SETTINGS_FILE), writer
+    self.path, self.writer = storage.join(directory, records_lib.SETTINGS_FILE), writer
     self.known = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.known = json.load(f)
+    if storage.exists(self.path):
+      self.known = json.loads(storage.read_bytes(self.path))
 
   def add(self, fingerprint: str, setting: dict) -> None:
     if fingerprint in self.known:
       return
     self.known[fingerprint] = fp_lib.plain(setting)
     if self.writer:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump(self.known, f, indent=1, sort_keys=True, default=repr)
-      os.replace(tmp, self.path)
+      storage.write_bytes(self.path, json.dumps(self.known, indent=1, sort_keys=True,
+                                                default=repr).encode())
 
 
 def incomplete_cells(recs: list[dict], cells: dict) -> str:

@@ -5,6 +5,10 @@ Records live in `<output_dir>/samples*.jsonl`: `samples.jsonl` for a one-process
 batch's records are appended and fsync'ed before the next batch starts. On restart every file of
 the directory is read back; a line cut short by a kill is dropped (it was never complete).
 
+On an object store (`gs://...`, see `bench.storage`) objects cannot be appended to, so every
+batch becomes its own object, `samples.<part>.jsonl` or `samples.p<i>-of-<n>.<part>.jsonl`
+with a running 6-digit part number; an upload appears whole or not at all, so nothing is cut.
+
 Records are keyed by (fingerprint, method, domain, seed, index): the fingerprint
 (`bench.fingerprint`) identifies the exact setting that produced a record, so records of another
 setting are never resumed or counted. Records without one (written before record version 2) are
@@ -12,9 +16,10 @@ kept in the file and ignored.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
+
+from metatpt_jax.bench import storage
 
 KEY_FIELDS = ("fingerprint", "method", "domain", "seed", "index")
 PATTERN = "samples*.jsonl"
@@ -33,11 +38,10 @@ def file_name(process_index: int = 0, process_count: int = 1) -> str:
 
 
 def _read_lines(path: str, repair: bool) -> list[dict]:
-  with open(path, "rb") as f:
-    data = f.read()
+  data = storage.read_bytes(path)
   complete, _, partial = data.rpartition(b"\n")
   if partial and repair:  # a write cut off mid-line: drop it so the file stays valid JSONL
-    with open(path, "r+b") as f:
+    with open(storage.local(path), "r+b") as f:
       f.truncate(len(complete) + (1 if complete else 0))
   return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
@@ -51,12 +55,18 @@ class RecordStore:
     the benchmark is writing, as the repair of this process's own file would)."""
     self.directory = directory
     if not read_only:
-      os.makedirs(directory, exist_ok=True)
-    self.path = os.path.join(directory, file_name(process_index, process_count))
+      storage.makedirs(directory)
+    self.path = storage.join(directory, file_name(process_index, process_count))
     self.records: dict[tuple, dict] = {}
     self.legacy = 0  # records without a fingerprint: ignored
-    for path in sorted(glob.glob(os.path.join(directory, PATTERN))):
-      for rec in _read_lines(path, repair=path == self.path and not read_only):
+    paths = storage.glob(directory, PATTERN)
+    # an object store's parts of this process: <name>.<part>.jsonl, the next one numbered after
+    stem = self.path[:-len(".jsonl")] + "."
+    self._parts = [int(p[len(stem):-len(".jsonl")]) for p in paths
+                   if p.startswith(stem) and p[len(stem):-len(".jsonl")].isdigit()]
+    for path in paths:
+      for rec in _read_lines(path, repair=path == self.path and not read_only
+                             and not storage.is_url(path)):
         if "fingerprint" not in rec:
           self.legacy += 1
           continue
@@ -70,10 +80,16 @@ class RecordStore:
     fresh = [r for r in recs if record_key(r) not in self.records]
     if not fresh:
       return
-    with open(self.path, "a") as f:
-      f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in fresh))
-      f.flush()
-      os.fsync(f.fileno())
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in fresh)
+    if storage.is_url(self.path):  # one object per batch: an object store cannot append
+      part = max(self._parts, default=-1) + 1
+      storage.write_bytes(f"{self.path[:-len('.jsonl')]}.{part:06d}.jsonl", text.encode())
+      self._parts.append(part)
+    else:
+      with open(self.path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     for r in fresh:
       self.records[record_key(r)] = r
 

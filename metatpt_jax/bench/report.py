@@ -8,6 +8,8 @@ import textwrap
 
 import numpy as np
 
+from metatpt_jax.bench import storage
+
 # C-TPT's definition (the only published ECE of these methods we compare with; their
 # tpt_classification.py `ECE_Loss(20, ...)`): 20 equal-width bins closed on the right,
 # (k/20, (k+1)/20], edges in float32 as their torch.linspace makes them. `ece15` in results.json
@@ -213,14 +215,14 @@ def write_outputs(output_dir: str, records: list[dict], methods, domains, config
   diffs = paired_differences(records, methods, domains) if "zero_shot" in methods else {}
   if diffs:
     text += "\n" + paired_table(diffs, domains) + "\n"
-  with open(os.path.join(output_dir, "results.json"), "w") as f:
-    json.dump(dict(per_seed=agg, summary=table, minus_zero_shot=diffs,
-                   config=json.loads(config_json), platform=platform), f, indent=1)
-  with open(os.path.join(output_dir, "results.md"), "w") as f:
-    f.write(text)
-  plot_accuracy(os.path.join(output_dir, "accuracy.png"), table, methods, domains)
+  results = dict(per_seed=agg, summary=table, minus_zero_shot=diffs,
+                 config=json.loads(config_json), platform=platform)
+  storage.write_bytes(storage.join(output_dir, "results.json"),
+                      json.dumps(results, indent=1).encode())
+  storage.write_bytes(storage.join(output_dir, "results.md"), text.encode())
+  plot_accuracy(storage.join(output_dir, "accuracy.png"), table, methods, domains)
   if diffs:
-    plot_gains(os.path.join(output_dir, "gain_vs_zero_shot.png"), diffs, domains)
+    plot_gains(storage.join(output_dir, "gain_vs_zero_shot.png"), diffs, domains)
   return text
 
 
@@ -266,7 +268,7 @@ def _bar_plot(path, bars: dict, cols, ylabel: str, zero_line: bool = False):
   ax.set_ylabel(ylabel)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  storage.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -291,5 +293,5 @@ def plot_views(path, before, after, titles):
           name = "\n".join(textwrap.wrap(titles[i], 14)[:2])  # long class names stay in the row
           ax.set_ylabel(f"{name}\n{tag}", fontsize=6)
   fig.tight_layout(pad=0.1)
-  fig.savefig(path, dpi=120)
+  storage.save_figure(fig, path, dpi=120)
   plt.close(fig)

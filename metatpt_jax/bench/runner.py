@@ -11,8 +11,8 @@ index in the domain, so its prediction does not depend on the device or process 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from metatpt_jax.batching import padded_batches
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
-from metatpt_jax.bench import report
+from metatpt_jax.bench import report, storage
 from metatpt_jax.bench.cells import (
   MATMUL_PRECISIONS,
   Settings,
@@ -139,35 +139,34 @@ class StreamCheckpoints:
   exactly the samples it has records for (the last two are kept)."""
 
   def __init__(self, directory: str, job: Job):
-    self.directory = os.path.join(directory, "streams")
+    self.directory = storage.join(directory, "streams")
     self.prefix = f"{job.fingerprint}_p{jax.process_index()}_"
 
   def _path(self, seen: int) -> str:
-    return os.path.join(self.directory, f"{self.prefix}{seen}.npz")
+    return storage.join(self.directory, f"{self.prefix}{seen}.npz")
 
   def _saved(self) -> list:
     """Sample counts of this cell's saved states, ascending."""
-    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
-    counts = [name[len(self.prefix):-len(".npz")] for name in names
+    counts = [name[len(self.prefix):-len(".npz")] for name in storage.listdir(self.directory)
               if name.startswith(self.prefix) and name.endswith(".npz")]
     return sorted(int(c) for c in counts if c.isdigit())
 
   def save(self, method_state, seen: int) -> None:
-    os.makedirs(self.directory, exist_ok=True)
-    tmp = self._path(seen) + ".tmp.npz"
-    np.savez(tmp, *[np.asarray(x) for x in jax.tree.leaves(method_state)])
-    os.replace(tmp, self._path(seen))
+    storage.makedirs(self.directory)
+    buf = io.BytesIO()
+    np.savez(buf, *[np.asarray(x) for x in jax.tree.leaves(method_state)])
+    storage.write_bytes(self._path(seen), buf.getvalue())
     for old in self._saved()[:-2]:  # keep the last two: this batch's and the one before
-      os.remove(self._path(old))
+      storage.remove(self._path(old))
 
   def load(self, initial, seen: int):
     """The state after the first `seen` samples (`initial` itself when seen is 0)."""
     if seen == 0:
       return initial
-    if not os.path.exists(self._path(seen)):
+    if not storage.exists(self._path(seen)):
       raise UserError(f"{seen} records of this online cell exist but not the state after them "
                       f"({self._path(seen)}); delete the cell's records to stream it afresh.")
-    with np.load(self._path(seen)) as saved:
+    with np.load(io.BytesIO(storage.read_bytes(self._path(seen)))) as saved:
       leaves = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     return jax.tree.unflatten(jax.tree.structure(initial), leaves)
 
@@ -344,7 +343,7 @@ def run(cfg: ml_collections.ConfigDict) -> str:
   missing = incomplete_cells(mine, cells)
   if missing:
     LOG.warning("No tables written: %s. Every process must write its records to this one "
-                "output_dir (local, NFS or a shared mount); run the missing share again (the "
+                "output_dir (local, NFS, a shared mount or a gs:// URL); run the missing share again (the "
                 "same command resumes it).", missing)
     return ""
   text = report.write_outputs(cfg.output_dir, mine, list(specs), domain_names,
@@ -380,4 +379,4 @@ def _plot_views_of(cfg, params, arch, mspec, name, kind, spec, pairs_fn, num_sam
   before = np.stack([np.asarray(b[:num_views]) for b, _ in pairs])
   after = np.stack([np.asarray(a[:num_views]) for _, a in pairs])
   titles = [domain.class_names[label] for label in domain.labels]
-  report.plot_views(os.path.join(cfg.output_dir, f"views_{name}.png"), before, after, titles)
+  report.plot_views(storage.join(cfg.output_dir, f"views_{name}.png"), before, after, titles)

@@ -17,10 +17,9 @@ import argparse
 import collections
 import hashlib
 import json
-import os
 
 from metatpt_jax import errors
-from metatpt_jax.bench import records, report
+from metatpt_jax.bench import records, report, storage
 from metatpt_jax.errors import UserError
 
 PROGRAM = "metatpt_jax.bench.summarize"
@@ -93,11 +92,10 @@ def label_settings(recs: list[dict], settings: dict | None = None) -> list[dict]
 
 
 def read_settings(output_dir: str) -> dict:
-  path = os.path.join(output_dir, records.SETTINGS_FILE)
-  if not os.path.exists(path):
+  path = storage.join(output_dir, records.SETTINGS_FILE)
+  if not storage.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_bytes(path))
 
 
 def _parse(argv):
@@ -110,7 +108,7 @@ def _parse(argv):
                       help="paired differences against this method (repeatable; default "
                            "zero_shot where present)")
   args = parser.parse_args(argv)
-  if not os.path.isdir(args.output_dir):
+  if not storage.isdir(args.output_dir):
     raise UserError(f"{args.output_dir} does not exist: point at a benchmark's output_dir.")
   if args.num_images is not None and args.num_images < 1:
     raise UserError(f"--num-images {args.num_images}: give a positive count, or leave it out "
