@@ -89,8 +89,9 @@ def _same_records(a, b):
   assert [records.record_key(r) for r in a] == [records.record_key(r) for r in b]
   assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
   for tuned in (False, True):
-    pick = lambda recs: [r["confidence"] for r in recs if (r["method"] != "zero_shot") == tuned]
-    np.testing.assert_allclose(pick(a), pick(b), rtol=TUNED_RTOL if tuned else ZERO_SHOT_RTOL)
+    pick = [[r["confidence"] for r in recs if (r["method"] != "zero_shot") == tuned]
+            for recs in (a, b)]
+    np.testing.assert_allclose(*pick, rtol=TUNED_RTOL if tuned else ZERO_SHOT_RTOL)
 
 
 @pytest.fixture(scope="module")
