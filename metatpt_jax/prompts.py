@@ -46,12 +46,18 @@ def _tokenizer(tokenizer):
 
 
 def build_prompt_bank(clip_params, arch: CLIPArch, class_names: Sequence[str], n_ctx: int,
-                      tokenizer=None) -> PromptBank:
-  """Tokenises "X X X X {class}." for every class and embeds the fixed parts."""
+                      tokenizer=None, template: str = "{}.") -> PromptBank:
+  """Tokenises "X X X X {class}." for every class and embeds the fixed parts.
+
+  template: the text after the context, "{}" the class name (MaPLe: "of a {}.", whose context
+  replaces "a photo" of "a photo of a {}."; MMRL, no context: "a photo of a {}.").
+  """
   if not class_names:
     raise ValueError("class_names is empty: pass at least one class name.")
+  if "{}" not in template:
+    raise ValueError(f"Prompt template {template!r} has no '{{}}' for the class name.")
   tok = _tokenizer(tokenizer)
-  texts = [" ".join([PLACEHOLDER] * n_ctx) + f" {name}." for name in class_names]
+  texts = [" ".join([PLACEHOLDER] * n_ctx + [template.format(name)]) for name in class_names]
   ids = np.asarray(tok(texts, context_length=arch.text.context_length, truncate=False))
   eot = np.asarray(clip_model.eot_positions(jnp.asarray(ids))).astype(np.int32)
   ids = ids[:, :int(eot.max()) + 1]  # nothing after the last EOT reaches a feature (causal)

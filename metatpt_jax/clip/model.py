@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metatpt_jax.clip import layer_prompts
 from metatpt_jax.clip.config import EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT, CLIPArch
 
 Dtype = Any
@@ -97,22 +98,30 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, prompts: layer_prompts.LayerPrompts | None = None):
+    """prompts: deep prompt tokens placed before blocks (`layer_prompts`)."""
     block_cls = nn.remat(ResidualBlock) if self.remat else ResidualBlock
     for i in range(self.layers):
+      x = layer_prompts.apply(prompts, x, i)
       x = block_cls(self.heads, self.mlp_ratio, self.activation, self.causal, self.dtype,
                     name=f"layers_{i}")(x)
     return x
 
 
 class VisionTransformer(nn.Module):
-  """Images [N, H, W, 3] (CLIP-normalised) -> pooled class-token features [N, width]."""
+  """Images [N, H, W, 3] (CLIP-normalised) -> pooled class-token features [N, width].
+
+  Prompt learners' hooks: `appended` [n, width] tokens after the patch tokens (after the
+  positional embedding, before `pre_layrnorm`: MaPLe's visual prompt), `prompts` before blocks
+  (`layer_prompts`); `all_tokens` returns every output token after `post_layernorm` [N, T, width]
+  (MMRL pools its representation tokens).
+  """
   arch: CLIPArch
   remat: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, prompts=None, appended=None, all_tokens: bool = False):
     v = self.arch.vision
     init = nn.initializers.normal(v.width ** -0.5)
     patches = nn.Conv(v.width, (v.patch_size,) * 2, strides=(v.patch_size,) * 2, use_bias=False,
@@ -122,10 +131,13 @@ class VisionTransformer(nn.Module):
     cls = self.param("class_embedding", init, (v.width,))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, v.width)), x], axis=1)
     x = x + self.param("position_embedding", init, (v.num_patches + 1, v.width)).astype(x.dtype)
+    if appended is not None:
+      x = jnp.concatenate([x, jnp.broadcast_to(appended.astype(x.dtype),
+                                               (n,) + appended.shape)], axis=1)
     x = _layer_norm("pre_layrnorm", self.dtype)(x)  # sic: the HF name
     x = Encoder(v.layers, v.heads, v.mlp_ratio, self.arch.activation, causal=False,
-                remat=self.remat, dtype=self.dtype, name="encoder")(x)
-    return _layer_norm("post_layernorm", self.dtype)(x[:, 0])
+                remat=self.remat, dtype=self.dtype, name="encoder")(x, prompts)
+    return _layer_norm("post_layernorm", self.dtype)(x if all_tokens else x[:, 0])
 
 
 class TextTransformer(nn.Module):
@@ -147,10 +159,14 @@ class TextTransformer(nn.Module):
   def embed_tokens(self, token_ids):
     return jnp.take(self.token_embedding, token_ids, axis=0)
 
-  def __call__(self, token_embeddings, eot_indices):
+  def __call__(self, token_embeddings, eot_indices, prompts=None):
+    """prompts: deep prompt tokens before blocks (`layer_prompts`); an insertion moves the
+    pooled position with it."""
     length = token_embeddings.shape[1]
     x = (token_embeddings + self.position_embedding[:length]).astype(self.dtype)
-    x = self.final_layer_norm(self.encoder(x))
+    x = self.final_layer_norm(self.encoder(x, prompts))
+    if prompts is not None:
+      eot_indices = prompts.shift(eot_indices)
     return jnp.take_along_axis(x, eot_indices[:, None, None], axis=1)[:, 0]
 
 
@@ -168,14 +184,19 @@ class CLIP(nn.Module):
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), ())
 
-  def encode_image(self, images):
-    return self.visual_projection(self.vision_model(images)).astype(_wide(self.dtype))
+  def encode_image(self, images, prompts=None, appended=None):
+    pooled = self.vision_model(images, prompts, appended)
+    return self.visual_projection(pooled).astype(_wide(self.dtype))
+
+  def image_tokens(self, images, prompts=None, appended=None):
+    """Every output token after post_layernorm, unprojected: [N, T, width]."""
+    return self.vision_model(images, prompts, appended, all_tokens=True)
 
   def embed_tokens(self, token_ids):
     return self.text_model.embed_tokens(token_ids)
 
-  def encode_text_embeddings(self, token_embeddings, eot_indices):
-    pooled = self.text_model(token_embeddings, eot_indices)
+  def encode_text_embeddings(self, token_embeddings, eot_indices, prompts=None):
+    pooled = self.text_model(token_embeddings, eot_indices, prompts)
     return self.text_projection(pooled).astype(_wide(self.dtype))
 
   def __call__(self, images, token_ids):
@@ -201,17 +222,28 @@ def init_params(key: jax.Array, arch: CLIPArch) -> dict:
   return CLIP(arch).init(key, images, ids)["params"]
 
 
-def encode_image(params, images, arch: CLIPArch, *, remat=False, dtype=jnp.float32):
+def encode_image(params, images, arch: CLIPArch, *, remat=False, dtype=jnp.float32,
+                 prompts=None, appended=None):
   """Image embeddings (before normalisation).
 
   Args:
     params: CLIP parameter pytree.
     images: [N, S, S, 3] float32, CLIP-normalised, S = arch.vision.image_size.
+    prompts, appended: a prompt learner's visual tokens (`VisionTransformer`); None for CLIP.
   Returns:
     [N, embed_dim] float32.
   """
   chex.assert_rank(images, 4)
-  return CLIP(arch, remat, dtype).apply({"params": params}, images, method=CLIP.encode_image)
+  return CLIP(arch, remat, dtype).apply({"params": params}, images, prompts, appended,
+                                        method=CLIP.encode_image)
+
+
+def image_tokens(params, images, arch: CLIPArch, *, remat=False, dtype=jnp.float32,
+                 prompts=None, appended=None):
+  """Every output token of the vision tower after post_layernorm, unprojected: [N, T, width]."""
+  chex.assert_rank(images, 4)
+  return CLIP(arch, remat, dtype).apply({"params": params}, images, prompts, appended,
+                                        method=CLIP.image_tokens)
 
 
 def embed_tokens(params, token_ids):
@@ -220,19 +252,20 @@ def embed_tokens(params, token_ids):
 
 
 def encode_text_embeddings(params, token_embeddings, eot_indices, arch: CLIPArch, *,
-                           remat=False, dtype=jnp.float32):
+                           remat=False, dtype=jnp.float32, prompts=None):
   """Text embeddings from token *embeddings*, so learned context vectors can be injected.
 
   Args:
     token_embeddings: [N, L, width] float32, L <= arch.text.context_length.
     eot_indices: [N] int, position of each row's end-of-text token (the pooled position).
+    prompts: a prompt learner's deep text tokens (`layer_prompts.LayerPrompts`), or None.
   Returns:
     [N, embed_dim] float32 (before normalisation).
   """
   chex.assert_rank(token_embeddings, 3)
   chex.assert_rank(eot_indices, 1)
   return CLIP(arch, remat, dtype).apply({"params": params}, token_embeddings, eot_indices,
-                                        method=CLIP.encode_text_embeddings)
+                                        prompts, method=CLIP.encode_text_embeddings)
 
 
 def encode_text(params, token_ids, arch: CLIPArch, **kwargs):

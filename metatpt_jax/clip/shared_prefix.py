@@ -92,7 +92,8 @@ def _encode_suffixes(params, prefix_kv, suffix, suffix_eot, arch, dtype):
 
 def encode_text_shared_prefix(params, prefix: jax.Array, suffix: jax.Array,
                               eot_indices: jax.Array, arch: CLIPArch, *,
-                              dtype=jnp.float32, class_chunk: int = 0) -> jax.Array:
+                              dtype=jnp.float32, class_chunk: int = 0,
+                              prompts=None) -> jax.Array:
   """Text embeddings [C, E] (before normalisation) of the prompts [prefix; suffix_c].
 
   Args:
@@ -101,17 +102,24 @@ def encode_text_shared_prefix(params, prefix: jax.Array, suffix: jax.Array,
     eot_indices: [C] int, each prompt's EOT position in the whole prompt (>= P).
     class_chunk: 0 runs all classes at once; n > 0 runs n classes at a time, each chunk
       rematerialised on the backward pass (the last chunk padded by repeating a class).
+    prompts: deep prompt tokens before blocks (`layer_prompts.LayerPrompts`), written or
+      inserted inside the shared prefix (so still shared: MaPLe's, MMRL's).
   """
   t = params["text_model"]
   n_p, n_s = prefix.shape[0], suffix.shape[1]
   pos = t["position_embedding"][:n_p + n_s]
   x_p = (prefix + pos[:n_p]).astype(dtype)
-  keys, values = [], []
+  if prompts is not None and not 0 <= prompts.position <= n_p:
+    raise ValueError(f"Deep prompt tokens at position {prompts.position} are outside the shared "
+                     f"prefix of {n_p} tokens; use model.encode_text_embeddings.")
+  keys, values = [], []  # per layer: an insertion makes the later layers' prefix longer
   for i in range(arch.text.layers):  # the prefix once; its last layer's output is never read
+    if prompts is not None:
+      x_p = prompts.before_block(x_p, i)
     x_p, k, v = _prefix_layer(t["encoder"][f"layers_{i}"], x_p, arch, dtype)
     keys.append(k)
     values.append(v)
-  prefix_kv = (jnp.stack(keys), jnp.stack(values))
+  prefix_kv = (keys, values)
   suffix = suffix + pos[n_p:]
   suffix_eot = (eot_indices - n_p).astype(jnp.int32)
   encode = lambda s, e: _encode_suffixes(params, prefix_kv, s, e, arch, dtype)
