@@ -42,7 +42,8 @@ DOMAINS = PLAIN + CLUTTERED
 # development zero-shot at their M. The development and the test domain of a style are M-way
 # over disjoint classes (`world.load_domain`).
 SUBSET_SIZES = (200, 100, 50)
-PROMPT = dict(n_ctx=3, init="an emoji of")  # the pretraining's plain caption, "an emoji of {}."
+# the pretraining's plain caption, "an emoji of {}."
+PROMPT = defaults.prompt_config(n_ctx=3, init="an emoji of")
 # The decision rule for MetaTPT's variant, written before any test run: the variant of
 # `dev_metatpt` with the highest mean development accuracy replaces the reconstruction on test
 # only if its paired difference with the reconstruction (dev, per-sample records) has a 95 %

@@ -7,6 +7,7 @@
     metatpt-throughput --config configs/throughput.py:baselines  # ZERO, C-TPT, MTA, TDA beside TPT
     metatpt-throughput --config configs/throughput.py --config.compute_dtype=bfloat16  # accelerators
     metatpt-throughput --config configs/throughput.py:accelerator  # one GPU / TPU chip, real scale
+    metatpt-throughput --config configs/throughput.py:maple3     # also :maple9, :mmrl (backbones)
 
 Random weights (costs only). Cells that exceed `memory_limit_gib` (checked on the compiled program
 before it runs) or `max_seconds_per_cell` (estimated from the method's smallest batch) are skipped
@@ -35,6 +36,8 @@ def _base():
   c.arch = "ViT-B/16"
   c.n_views = 64
   c.n_ctx = 4
+  # The prompt backbone (`defaults.prompt_config`; the :maple3 / :maple9 / :mmrl variants).
+  c.prompt = defaults.prompt_config(n_ctx=c.n_ctx)
   # ImageNet's first 10 names, ImageNet-R's 200, ImageNet's 1000 (real prompt lengths).
   c.num_classes = (10, 200, 1000)
   c.batch_sizes = (1, 2, 4)
@@ -154,8 +157,28 @@ def _accelerator(c):
   c.output_dir = "runs/throughput_accelerator"
 
 
+def _backbone(c, name, **fields):
+  """TPT and MetaTPT (second order) on a prompt backbone with random prompt tensors: B/16, 64
+  views, 200 classes, one sample per step, one timed call each (2 CPU cores: minutes a cell).
+  Plain CLIP's figures at the same size: the :cpu run."""
+  c.num_classes = (200,)
+  c.batch_sizes = (1,)
+  c.repeats = 1
+  c.warmup = False
+  c.torch_reference = False
+  c.methods = dict(zero_shot=c.methods.zero_shot, tpt=c.methods.tpt,
+                   metatpt_second=c.methods.metatpt_second)
+  c.prompt.backbone = name
+  c.prompt[name].update(fields)
+  c.targets = {}
+  c.output_dir = f"runs/throughput_{name}{fields.get('depth', '')}"
+
+
 VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling,
-            "baselines": _baselines, "accelerator": _accelerator}
+            "baselines": _baselines, "accelerator": _accelerator,
+            "maple3": lambda c: _backbone(c, "maple", depth=3),
+            "maple9": lambda c: _backbone(c, "maple", depth=9),
+            "mmrl": lambda c: _backbone(c, "mmrl")}
 
 
 def get_config(arg: str = ""):

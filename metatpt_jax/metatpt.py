@@ -33,7 +33,14 @@ import optax
 from metatpt_jax import generator as gen
 from metatpt_jax import losses, offline_generator, registry, tpt, views
 from metatpt_jax.errors import UserError
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.frozen_clip import (
+    FrozenCLIP,
+    ModelSpec,
+    class_features,
+    encode_images,
+    image_uses_prompt,
+    logits,
+)
 from metatpt_jax.metatpt_inner import NO_SWEEP, inner_update, make_episode, view_features
 from metatpt_jax.specs import ConfidentViewsSpec
 
@@ -135,19 +142,19 @@ def outer_loss_on_generated(frozen, phi, ctx, ep, spec, mspec, keep=None):
   """(L_out on G_phi's views, kept view indices), gradient to phi and ctx; `keep` None selects
   the confident views."""
   if not spec.recompute_kept:
-    feats, _ = view_features(frozen, phi, ep, spec, mspec)
+    feats, _ = view_features(frozen, phi, ep, spec, mspec, ctx)
     return outer_loss_on_features(frozen, feats, ctx, spec, mspec, keep)
   all_views, _ = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0,
                                    ep.source)
   text = class_features(frozen, ctx, mspec)
   if keep is None:
     # Selection pass: no gradient, so XLA keeps no activations of the 63-view encoding.
-    feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec))
+    feats = jax.lax.stop_gradient(encode_images(frozen, all_views[1:], mspec, ctx=ctx))
     feats = jnp.concatenate([ep.feature0[None], feats], axis=0)
     keep = losses.select_confident(logits(frozen, feats, jax.lax.stop_gradient(text)),
                                    spec.num_keep)
   # Gradient pass over the kept views only (view 0, if kept, is the image: its gradient is 0).
-  kept = encode_images(frozen, all_views[keep], mspec, remat=mspec.remat)
+  kept = encode_images(frozen, all_views[keep], mspec, remat=mspec.remat, ctx=ctx)
   return losses.marginal_entropy_and_consistency(logits(frozen, kept, text),
                                                  spec.consistency_weight), keep
 
@@ -164,7 +171,7 @@ def joint_loss_and_keep(frozen, meta, ep, spec, mspec, keep=None, sweep=NO_SWEEP
     raise ValueError("schedule='joint' takes no inner step: a sweep of the inner learning rate "
                      "or step count needs schedule='dual_loop'.")
   objective = spec.inner_objective() if sweep.objective is None else sweep.objective
-  feats, penalty = view_features(frozen, meta["phi"], ep, spec, mspec)
+  feats, penalty = view_features(frozen, meta["phi"], ep, spec, mspec, meta["ctx"])
   view_logits = logits(frozen, feats, class_features(frozen, meta["ctx"], mspec))
   if keep is None:
     keep = losses.select_confident(view_logits, spec.num_keep)
@@ -205,6 +212,16 @@ def fixed_views_objective(frozen, phi, ep, key, spec, mspec):
   the same key); features once, no generator."""
   del phi
   all_views = spec.make_views(ep.image, key, ep.source)
+  return _on_fixed_views(frozen, all_views, spec, mspec)
+
+
+def _on_fixed_views(frozen, all_views, spec, mspec):
+  """loss_fn(meta, keep) on views that do not change while tuning: their features once, or,
+  where the backbone's image features read the prompt, under the prompt being tuned."""
+  if image_uses_prompt(mspec):
+    return lambda meta, keep: outer_loss_on_features(
+        frozen, encode_images(frozen, all_views, mspec, remat=mspec.remat, ctx=meta["ctx"]),
+        meta["ctx"], spec, mspec, keep)
   feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
   return lambda meta, keep: outer_loss_on_features(frozen, feats, meta["ctx"], spec, mspec, keep)
 
@@ -213,6 +230,10 @@ def frozen_generator_objective(frozen, phi, ep, key, spec, mspec):
   """augment="frozen" (ablation): L_out on the views of a fixed phi (e.g. learned offline by
   `offline_generator.fit_offline_generator`); no inner step, only the prompt is tuned."""
   del key
+  if image_uses_prompt(mspec):
+    all_views, _ = jax.lax.stop_gradient(gen.learned_views(
+        phi, spec.generator, ep.image, ep.noise, ep.feature0, ep.source))
+    return _on_fixed_views(frozen, all_views, spec, mspec)
   feats, _ = jax.lax.stop_gradient(view_features(frozen, phi, ep, spec, mspec))
   return lambda meta, keep: outer_loss_on_features(frozen, feats, meta["ctx"], spec, mspec, keep)
 
@@ -261,7 +282,9 @@ def metatpt_adapt_one_sample(frozen: FrozenCLIP, phi, image: jax.Array, key: jax
     opt_state = opt_state._replace(inner_states={**opt_state.inner_states, "phi": generator_opt})
   meta, opt_state, (loss0, _, _) = tpt.tune_from(loss_fn, meta, opt_state, spec.outer_steps, opt,
                                                  select_once=spec.selection == "first_step")
-  final = logits(frozen, ep.feature0[None], class_features(frozen, meta["ctx"], mspec))[0]
+  feature0 = (encode_images(frozen, image[None], mspec, ctx=meta["ctx"])
+              if image_uses_prompt(mspec) else ep.feature0[None])
+  final = logits(frozen, feature0, class_features(frozen, meta["ctx"], mspec))[0]
   metrics = dict(loss=loss0, phi=meta.get("phi", phi))
   if "phi" in meta:
     metrics["generator_opt"] = opt_state.inner_states["phi"]

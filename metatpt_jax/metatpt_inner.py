@@ -40,17 +40,18 @@ def make_episode(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec,
   return Episode(image, feature0, noise, source)
 
 
-def view_features(frozen, phi, ep: Episode, spec, mspec: ModelSpec):
-  """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty."""
+def view_features(frozen, phi, ep: Episode, spec, mspec: ModelSpec, ctx=None):
+  """Features [K+1, E] of view 0 and the generated views (gradient flows to phi) + penalty;
+  `ctx`: the prompt the views are seen under where the backbone's image features read it."""
   all_views, penalty = gen.learned_views(phi, spec.generator, ep.image, ep.noise, ep.feature0,
                                          ep.source)
-  feats = encode_images(frozen, all_views[1:], mspec, remat=mspec.remat)
+  feats = encode_images(frozen, all_views[1:], mspec, remat=mspec.remat, ctx=ctx)
   return jnp.concatenate([ep.feature0[None], feats], axis=0), penalty
 
 
 def inner_loss(frozen, phi, ctx, ep: Episode, spec, mspec, objective: losses.InnerObjective):
   """L_aux(phi; x, p) on all views at once."""
-  feats, penalty = view_features(frozen, phi, ep, spec, mspec)
+  feats, penalty = view_features(frozen, phi, ep, spec, mspec, ctx)
   view_logits = (logits(frozen, feats, class_features(frozen, ctx, mspec))
                  if objective.reads_prompt else None)
   return objective.loss(view_logits, feats, penalty)
@@ -82,17 +83,17 @@ def chunked_inner_grad(frozen, phi, ctx, ep: Episode, spec, mspec,
   text = class_features(frozen, ctx, mspec) if objective.reads_prompt else None
   ref_logits = None if text is None else logits(frozen, ep.feature0[None], text)[0]
 
-  def chunk_loss(phi, text, ref_logits, noise_c, weight_c):
+  def chunk_loss(phi, ctx, text, ref_logits, noise_c, weight_c):
     transforms, _, _ = gen.generate_transforms(phi, spec.generator, noise_c, ep.feature0)
     feats = encode_images(frozen, gen.apply_transforms(transforms, ep.image, ep.source), mspec,
-                          remat=mspec.remat)
+                          remat=mspec.remat, ctx=ctx)
     view_logits = None if text is None else logits(frozen, feats, text)
     return jnp.sum(weight_c * objective.per_view(view_logits, feats, ref_logits, ep.feature0))
 
   chunk_grad = jax.checkpoint(jax.grad(chunk_loss))
 
   def body(total, xs):
-    return jax.tree.map(jnp.add, total, chunk_grad(phi, text, ref_logits, *xs)), None
+    return jax.tree.map(jnp.add, total, chunk_grad(phi, ctx, text, ref_logits, *xs)), None
 
   total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, phi), (noise, weight))
   penalty = lambda p: objective.penalty_term(

@@ -17,7 +17,14 @@ import optax
 
 from metatpt_jax import losses, registry, views
 from metatpt_jax.errors import UserError
-from metatpt_jax.frozen_clip import FrozenCLIP, ModelSpec, class_features, encode_images, logits
+from metatpt_jax.frozen_clip import (
+    FrozenCLIP,
+    ModelSpec,
+    class_features,
+    encode_images,
+    image_uses_prompt,
+    logits,
+)
 from metatpt_jax.specs import ConfidentViewsSpec
 
 
@@ -102,6 +109,30 @@ def tune_prompt_on_features(frozen: FrozenCLIP, image_features, spec: TPTSpec, m
   return ctx, dict(loss=loss0, zero_shot_logits=zs_logits, selected=keep)
 
 
+def tune_prompt_on_views(frozen: FrozenCLIP, all_views, spec: TPTSpec, mspec: ModelSpec):
+  """TPT's tuning when the views' image features depend on the prompt (MaPLe, MMRL): features
+  recomputed for the prompt of every step, as TPT on MaPLe does. Selection (first step) from
+  every view's features without gradient; the gradient pass encodes the kept views only (the
+  others get no gradient from the entropy of the kept ones). Returns (tuned prompt, metrics)."""
+  def loss_fn(ctx, keep):
+    text = class_features(frozen, ctx, mspec)
+    first = None
+    if keep is None:
+      feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec, ctx=ctx))
+      first = logits(frozen, feats, jax.lax.stop_gradient(text))
+      keep = losses.select_confident(first, spec.num_keep)
+      first = first[0]
+    kept = encode_images(frozen, all_views[keep], mspec, remat=mspec.remat, ctx=ctx)
+    loss = losses.marginal_entropy(logits(frozen, kept, text))
+    extra = spec.text_loss(text)
+    return (loss if extra is None else loss + extra), (keep, first)
+
+  opt = make_optimizer(spec.lr, spec.b1, spec.b2, spec.eps, spec.weight_decay)
+  ctx, (loss0, keep, zs_logits) = tune(loss_fn, frozen.ctx_init, spec.steps, opt,
+                                       select_once=True)
+  return ctx, dict(loss=loss0, zero_shot_logits=zs_logits, selected=keep)
+
+
 def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, spec: TPTSpec,
                          mspec: ModelSpec, source: views.Source | None = None):
   """Adapts the prompt to one image and predicts it.
@@ -117,8 +148,13 @@ def tpt_adapt_one_sample(frozen: FrozenCLIP, image: jax.Array, key: jax.Array, s
     logits [C] of view 0 with the tuned context, and metrics (loss, zero-shot logits, ...).
   """
   chex.assert_rank(image, 3)
-  feats = jax.lax.stop_gradient(encode_images(frozen, spec.make_views(image, key, source),
-                                              mspec))
+  all_views = spec.make_views(image, key, source)
+  if image_uses_prompt(mspec):  # a backbone's visual prompts: features follow the tuned prompt
+    ctx, metrics = tune_prompt_on_views(frozen, all_views, spec, mspec)
+    final = logits(frozen, encode_images(frozen, all_views[:1], mspec, ctx=ctx),
+                   class_features(frozen, ctx, mspec))[0]
+    return final, metrics
+  feats = jax.lax.stop_gradient(encode_images(frozen, all_views, mspec))
   ctx, metrics = tune_prompt_on_features(frozen, feats, spec, mspec)
   final = logits(frozen, feats[:1], class_features(frozen, ctx, mspec))[0]
   return final, metrics

@@ -8,6 +8,7 @@ from metatpt_jax.backbones.coop import CoOp
 from metatpt_jax.backbones.maple import MaPLe
 from metatpt_jax.backbones.mmrl import MMRL
 from metatpt_jax.errors import UserError
+from metatpt_jax.frozen_clip import FrozenCLIP
 
 BACKBONES = {"coop": CoOp, "maple": MaPLe, "mmrl": MMRL}
 
@@ -26,4 +27,20 @@ def get(name: str, **fields):
   return cls(**fields)
 
 
-__all__ = ["BACKBONES", "CoOp", "MaPLe", "MMRL", "get"]
+def make_frozen(backbone, clip_params, arch, class_names, prompt: dict,
+                adapt: tuple[str, ...] | None = None, tokenizer=None) -> FrozenCLIP:
+  """The frozen state of test-time tuning on `backbone`: its class prompts, the tensors tuning
+  adapts (`adapt`, default the backbone's `adapt` field) as `ctx_init`, the others fixed.
+  Pair it with `ModelSpec(arch, backbone=backbone)`."""
+  adapt = tuple(adapt or backbone.adapt)
+  unknown = sorted(set(adapt) - set(prompt))
+  if unknown or not adapt:
+    raise UserError(f"{backbone.name} cannot adapt {unknown or 'nothing'}: choose among its "
+                    f"prompt tensors {', '.join(sorted(prompt))}.")
+  params = backbone.clip_params(clip_params)
+  bank = backbone.bank(params, arch, class_names, tokenizer)
+  return FrozenCLIP(params, bank, {k: prompt[k] for k in adapt},
+                    {k: v for k, v in prompt.items() if k not in adapt})
+
+
+__all__ = ["BACKBONES", "CoOp", "MaPLe", "MMRL", "get", "make_frozen"]

@@ -51,6 +51,10 @@ class CoOp:
     return clip_model.normalize(clip_model.encode_image(clip_params, images, arch, remat=remat,
                                                         dtype=dtype))
 
+  def clip_params(self, clip_params):
+    """CLIP's parameters as this backbone uses them (unchanged)."""
+    return clip_params
+
   def logits(self, clip_params, image_features, text_features) -> jax.Array:
     """exp(logit_scale) * cos: [N, E] x [C, E] -> [N, C]."""
     return jnp.exp(clip_params["logit_scale"]) * image_features @ text_features.T

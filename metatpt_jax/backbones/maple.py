@@ -102,5 +102,9 @@ class MaPLe:
         prompts=self._layer_prompts(deep, arch.vision.layers, position=-self.n_ctx))
     return clip_model.normalize(feats)
 
+  def clip_params(self, clip_params):
+    """CLIP's parameters as this backbone uses them (unchanged)."""
+    return clip_params
+
   def logits(self, clip_params, image_features, text_features) -> jax.Array:
     return jnp.exp(clip_params["logit_scale"]) * image_features @ text_features.T

@@ -93,15 +93,21 @@ class MMRL:
 
   def image_features(self, clip_params, arch, prompt: dict, images: jax.Array, *,
                      dtype=jnp.float32, remat: bool = False) -> jax.Array:
-    """[N, 2, E]: unit-norm class-token and representation features."""
+    """[N, E]: alpha * class-token feature + (1 - alpha) * representation feature, each unit
+    norm (so `logits` is MMRL's fused logits exactly; unit norm itself when alpha is 1)."""
     tokens = clip_model.image_tokens(
         clip_params, images, arch, remat=remat, dtype=dtype,
         prompts=self._layer_prompts(prompt["r2v"], prompt["rep"], arch.vision.layers))
     cls = tokens[:, 0] @ clip_params["visual_projection"]["kernel"].astype(tokens.dtype)
     rep = tokens[:, 1:1 + self.n_tokens].mean(axis=1) @ prompt["proj_rep"].astype(tokens.dtype)
-    return clip_model.normalize(jnp.stack([cls, rep], axis=1).astype(clip_model._wide(dtype)))
+    wide = clip_model._wide(dtype)
+    cls, rep = clip_model.normalize(cls.astype(wide)), clip_model.normalize(rep.astype(wide))
+    return cls if self.alpha == 1.0 else self.alpha * cls + (1.0 - self.alpha) * rep
+
+  def clip_params(self, clip_params):
+    """CLIP's parameters as MMRL uses them: logits at the constant scale 100, not CLIP's own."""
+    return dict(clip_params, logit_scale=jnp.log(jnp.float32(SCALE)))
 
   def logits(self, clip_params, image_features, text_features) -> jax.Array:
     del clip_params
-    cos = jnp.einsum("...be,ce->...bc", image_features, text_features)
-    return SCALE * (self.alpha * cos[..., 0, :] + (1.0 - self.alpha) * cos[..., 1, :])
+    return SCALE * image_features @ text_features.T

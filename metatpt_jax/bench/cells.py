@@ -3,17 +3,21 @@ settings file kept beside the records."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
+import os
 
 import jax
 import numpy as np
 
 from metatpt_jax import registry
 from metatpt_jax.bench import fingerprint as fp_lib
+from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
 from metatpt_jax.bench import storage
 from metatpt_jax.data import benchmarks
+from metatpt_jax.errors import UserError
 
 
 def cell_size(cfg, domain) -> int:
@@ -63,10 +67,33 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
                  compute_dtype=cfg.model.compute_dtype,
                  prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
                  data=data)
+  backbone = backbone_setting(cfg.prompt)
+  if backbone is not None:  # absent for plain CLIP: its records keep their fingerprints
+    setting["prompt"] = dict(backbone=backbone)
   platform = _platform_part(platform_setting(cfg))
   if platform is not None:
     setting["platform"] = platform
   return setting
+
+
+def backbone_setting(prompt_cfg) -> dict | None:
+  """A prompt backbone as it enters the fingerprint: its fields, what is adapted and a digest
+  of its Dassl file's bytes (or "init" for the backbone's seeded random init)."""
+  backbone = methods_lib.backbone_spec(prompt_cfg)
+  if backbone is None:
+    return None
+  path = prompt_cfg.get("backbone_checkpoint", "")
+  digest = "init"
+  if path:
+    if not os.path.isfile(path):
+      raise UserError(f"--config.prompt.backbone_checkpoint={path} does not exist: give the "
+                      f"{backbone.name} Dassl file (e.g. .../model.pth.tar-2), or '' for the "
+                      "backbone's own init.")
+    with open(path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  fields = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)}
+  fields["adapt"] = tuple(prompt_cfg.get("adapt", ())) or backbone.adapt
+  return dict(name=backbone.name, checkpoint=digest, **fields)
 
 
 class Settings:

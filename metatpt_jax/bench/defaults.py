@@ -61,6 +61,17 @@ def baselines(**overrides_by_kind) -> ml_collections.ConfigDict:
   return _with_variants(registry.names("baseline"), overrides_by_kind)
 
 
+def prompt_config(n_ctx: int = 4, init: str = "a photo of a") -> dict:
+  """The prompt: CLIP's context (n_ctx vectors from the words `init`, or a saved CoOp context
+  file), or a prompt backbone: `backbone` "maple" / "mmrl" with the fields of its section,
+  `backbone_checkpoint` its Dassl file ("" : the backbone's own random init, for training) and
+  `adapt` the prompt tensors test-time methods tune (() : the backbone's default)."""
+  return dict(n_ctx=n_ctx, init=init, backbone="", backbone_checkpoint="", adapt=(),
+              maple=dict(depth=3, n_ctx=2, ctx_init="a photo of a", template="{}."),
+              mmrl=dict(n_tokens=5, rep_dim=512, rep_layers=tuple(range(6, 13)), alpha=1.0,
+                        template="a photo of a {}."))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # class_chunk: the text tower over this many classes at a time (0: all; bounds memory at 1000)
@@ -68,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   # on TPU that runs float32 matmuls in bf16 passes, "highest" in full float32).
   c.model = dict(checkpoint="checkpoints/small_clip", compute_dtype="float32", remat=False,
                  class_chunk=0, matmul_precision="default")
-  c.prompt = dict(n_ctx=4, init="a photo of a")
+  c.prompt = prompt_config()
   # canvas_size: paper datasets keep each decoded image (aspect kept, longer side at most this
   # many pixels) for TPT's random crops, as the public code crops the full image; 0 crops from
   # the centre square. The in-memory shifted domains are square: their crops need no canvas.

@@ -101,7 +101,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 
 def load_model(cfg: ml_collections.ConfigDict):
   params, arch = checkpoint.load_clip(cfg.model.checkpoint)
-  return params, arch, methods_lib.model_spec(cfg.model, arch)
+  return params, arch, methods_lib.model_spec(cfg.model, arch, cfg.prompt)
 
 
 def _paper_data_args(cfg: ml_collections.ConfigDict) -> dict:

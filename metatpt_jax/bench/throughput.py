@@ -130,9 +130,13 @@ def class_names(num_classes: int) -> list:
   return names[:num_classes]
 
 
-def adapt_state(params, arch, num_classes, kind, spec, n_ctx, seed) -> adapt.AdaptState:
-  """The benchmark's state (`methods.build_state`) for `class_names(num_classes)`."""
+def adapt_state(params, arch, num_classes, kind, spec, n_ctx, seed,
+                prompt_cfg=None) -> adapt.AdaptState:
+  """The benchmark's state (`methods.build_state`) for `class_names(num_classes)`; a prompt
+  backbone where `prompt_cfg` names one (its random init: costs only)."""
   prompt = ml_collections.ConfigDict(dict(n_ctx=n_ctx, init="a photo of a"))
+  if prompt_cfg is not None and prompt_cfg.get("backbone"):
+    prompt = ml_collections.ConfigDict(dict(prompt_cfg.to_dict(), n_ctx=n_ctx))
   return methods_lib.build_state(params, arch, class_names(num_classes), prompt, kind, spec, seed)
 
 
@@ -250,7 +254,7 @@ def _say(msg):
 def _model_spec(cfg, arch, dtype=None, remat=None):
   return methods_lib.model_spec(ml_collections.ConfigDict(dict(
       compute_dtype=dtype or cfg.compute_dtype, remat=cfg.remat if remat is None else remat,
-      class_chunk=cfg.class_chunk)), arch)
+      class_chunk=cfg.class_chunk)), arch, cfg.get("prompt"))
 
 
 def _measure_class_count(cfg, out, params, arch, mspec, num_classes):
@@ -274,7 +278,8 @@ def _measure_class_count(cfg, out, params, arch, mspec, num_classes):
       continue
     kind, spec = methods_lib.method_spec(mcfg)
     step, count_step = adapt.make_step(kind, spec, mspec), _count_step(kind, spec, mspec)
-    state = adapt_state(params, arch, num_classes, kind, spec, cfg.n_ctx, cfg.seed)
+    state = adapt_state(params, arch, num_classes, kind, spec, cfg.n_ctx, cfg.seed,
+                        cfg.get("prompt"))
     for batch_size in cfg.batch_sizes:
       cell = dict(method=name, num_classes=num_classes, batch=batch_size)
       estimate = _estimate(rows, name, num_classes, batch_size) * (cfg.repeats + cfg.warmup)
@@ -302,7 +307,7 @@ def _compile_only(cfg, out, arch_name):
       _say(f"compile only: {arch_name} {name} {dtype} remat={remat} ...")
       r = measure_jax_cell(adapt.make_step(kind, spec, ms),
                            adapt_state(params, arch, cfg.num_classes[0], kind, spec, cfg.n_ctx,
-                                       cfg.seed),
+                                       cfg.seed, cfg.get("prompt")),
                            random_batch(arch, 1, cfg.seed), 0, float("inf"),
                            compile_only=True, count_step=_count_step(kind, spec, ms))
       out["compile_only"].append(dict(arch=arch_name, method=name, compute_dtype=dtype,
