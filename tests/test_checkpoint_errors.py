@@ -132,11 +132,18 @@ def test_unrecognised_key_names(tmp_path):
     checkpoint.load_clip(tmp_path / "other.pt")
 
 
-def test_resnet_clip_is_refused(tmp_path):
+def test_an_incomplete_resnet_clip_names_what_is_missing(tmp_path):
   torch.save({"visual.conv1.weight": torch.zeros(32, 3, 3, 3),
               "visual.layer1.0.conv1.weight": torch.zeros(2)}, tmp_path / "RN50.pt")
-  with pytest.raises(CheckpointError, match="ResNet"):
+  with pytest.raises(CheckpointError, match="cannot infer the ResNet architecture, 6 missing "
+                                            "key.*visual.attnpool.positional_embedding"):
     checkpoint.load_clip(tmp_path / "RN50.pt")
+
+
+def test_a_timm_tower_clip_is_refused(tmp_path):
+  torch.save({"visual.trunk.stem.0.weight": torch.zeros(2)}, tmp_path / "convnext.pt")
+  with pytest.raises(CheckpointError, match="timm-tower CLIP"):
+    checkpoint.load_clip(tmp_path / "convnext.pt")
 
 
 def test_save_hf_rejects_params_of_another_arch(tiny_hf_dir, tmp_path):

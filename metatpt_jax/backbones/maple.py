@@ -43,6 +43,9 @@ class MaPLe:
   image_uses_prompt = True  # the visual prompts come from the text prompts
 
   def check(self, arch: CLIPArch) -> None:
+    if arch.vision.is_resnet:
+      raise UserError("MaPLe puts prompt tokens into a ViT image tower; this CLIP's is a "
+                      "ResNet.")
     layers = min(arch.text.layers, arch.vision.layers)
     if not 1 <= self.depth <= layers:
       raise UserError(f"MaPLe depth {self.depth} must be between 1 and the towers' {layers} "

@@ -50,6 +50,9 @@ class MMRL:
   image_uses_prompt = True
 
   def check(self, arch: CLIPArch) -> None:
+    if arch.vision.is_resnet:
+      raise UserError("MMRL puts prompt tokens into a ViT image tower; this CLIP's is a "
+                      "ResNet.")
     layers = min(arch.text.layers, arch.vision.layers)
     if list(self.rep_layers) != list(range(self.rep_layers[0], self.rep_layers[0]
                                            + len(self.rep_layers))) or not (

@@ -1,7 +1,8 @@
 """CLIP weight import and export: reading and writing checkpoint files.
 
-`load_clip` reads a Hugging Face `CLIPModel` directory or an HF / OpenAI / open_clip ViT
-state-dict file; `save_hf` writes a Hugging Face directory. Every rename and transpose between
+`load_clip` reads a Hugging Face `CLIPModel` directory or an HF / OpenAI / open_clip state-dict
+file (ViT towers; OpenAI's ResNet towers from OpenAI names); `save_hf` writes a Hugging Face
+directory, `save_openai` an OpenAI-named safetensors file (the only format for a ResNet). Every rename and transpose between
 formats, and the config.json <-> `CLIPArch` mapping, lives in
 `metatpt_jax.clip.checkpoint_formats`; its public names are re-exported here.
 Torch is imported lazily, only for `.bin`/`.pt` files; safetensors are read with NumPy.
@@ -22,22 +23,22 @@ from metatpt_jax.clip import hub
 from metatpt_jax.clip.checkpoint_formats import (
   CheckpointError,
   _listing,
-  arch_from_hf_config,
-  hf_config_from_arch,
   hf_state_dict_from_params,
   infer_arch,
+  openai_state_dict_from_params,
   params_from_state_dict,
 )
 from metatpt_jax.clip.config import CLIPArch
+from metatpt_jax.clip.hf_config import arch_from_hf_config, hf_config_from_arch
 
 __all__ = ["ACCEPTED_FORMATS", "CheckpointError", "arch_from_hf_config", "hf_config_from_arch",
-           "hf_state_dict_from_params", "infer_arch", "load_clip", "params_from_state_dict",
-           "save_hf"]
+           "hf_state_dict_from_params", "infer_arch", "load_clip",
+           "openai_state_dict_from_params", "params_from_state_dict", "save_hf", "save_openai"]
 
 ACCEPTED_FORMATS = (
     "a Hugging Face CLIPModel directory (config.json with model.safetensors or "
     "pytorch_model.bin, optionally sharded with an .index.json), or a single state-dict file "
-    "(.safetensors, .bin, .pt, .pth; OpenAI/open_clip ViT key names or HF key names; "
+    "(.safetensors, .bin, .pt, .pth; OpenAI/open_clip ViT or ResNet key names, or HF key names; "
     "OpenAI's TorchScript .pt archives too)")
 _HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                     "pytorch_model.bin.index.json")
@@ -122,13 +123,13 @@ def _detect_format(state_dict: dict, source: str) -> str:
   keys = list(state_dict)
   if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
     return "hf"
-  if any(k.startswith(("visual.layer1.", "visual.attnpool.", "visual.trunk.")) for k in keys):
-    raise CheckpointError(f"{source} is a ResNet or timm-tower CLIP; only ViT towers are "
-                          "supported.")
+  if any(k.startswith("visual.trunk.") for k in keys):
+    raise CheckpointError(f"{source} is a timm-tower CLIP; only OpenAI's ViT and ResNet towers "
+                          "are supported.")
   if any(k.startswith("visual.") for k in keys):
     return "openai"
   raise CheckpointError(f"{source}: unrecognised key names (first: {_listing(keys, 5)}); "
-                        f"expected HF CLIPModel or OpenAI CLIP ViT names. Accepted: "
+                        f"expected HF CLIPModel or OpenAI CLIP names. Accepted: "
                         f"{ACCEPTED_FORMATS}.")
 
 
@@ -193,3 +194,19 @@ def save_hf(params: dict, arch: CLIPArch, directory, dtype: str = "float32") -> 
   config = hf_config_from_arch(arch, float(tensors["logit_scale"]))
   (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   return directory
+
+
+def save_openai(params: dict, arch: CLIPArch, path, dtype: str = "float32") -> pathlib.Path:
+  """Writes one safetensors file under OpenAI's state-dict names (ViT or ResNet towers), which
+  `load_clip` reads back (the architecture inferred from its shapes, as OpenAI's build_model
+  does)."""
+  if dtype not in ("float32", "float16"):
+    raise ValueError(f"dtype={dtype!r}: give 'float32' or 'float16'.")
+  path = pathlib.Path(path)
+  if path.suffix != ".safetensors":
+    raise ValueError(f"{path}: save_openai writes a .safetensors file; name it so.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tensors = {k: np.asarray(v, dtype)
+             for k, v in openai_state_dict_from_params(params, arch).items()}
+  save_file(tensors, str(path), metadata={"format": "pt"})
+  return path

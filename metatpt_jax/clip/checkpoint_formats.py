@@ -5,8 +5,8 @@ Three layouts meet in `_layout`, one row per parameter of our model:
     LayerNorm scale/bias);
   * Hugging Face `CLIPModel` state dicts (torch Linear weights [out, in], Conv OIHW);
   * OpenAI / open_clip ViT state dicts (fused attention `in_proj`, projections stored [W, E]).
-Also the HF config.json <-> `CLIPArch` mapping and architecture inference from the shapes of a
-bare state dict. File reading and writing is in `metatpt_jax.clip.checkpoint`.
+Also architecture inference from the shapes of a bare state dict (the HF config.json <->
+`CLIPArch` mapping is `hf_config`). File reading and writing is in `metatpt_jax.clip.checkpoint`.
 """
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from metatpt_jax.clip.config import (
-  EOT_TOKEN_ID,
-  LAYER_NORM_EPS,
-  LOGIT_SCALE_INIT,
-  SOT_TOKEN_ID,
   CLIPArch,
   TextArch,
   VisionArch,
@@ -29,17 +25,8 @@ from metatpt_jax.clip.config import (
 from metatpt_jax.errors import UserError
 
 # Buffers and TorchScript metadata that carry no weights.
-_IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|attn_mask)$|^(input_resolution|context_length"
-                           r"|vocab_size)$")
-# transformers' CLIPTextConfig / CLIPVisionConfig defaults: `save_pretrained` omits them.
-_HF_TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
-                         num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
-                         hidden_act="quick_gelu", layer_norm_eps=1e-5)
-_HF_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, image_size=224, patch_size=32,
-                           hidden_act="quick_gelu", layer_norm_eps=1e-5)
-
-
+_IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|attn_mask|num_batches_tracked)$"
+                           r"|^(input_resolution|context_length|vocab_size)$")
 class CheckpointError(UserError):
   """A checkpoint could not be read or does not fit the requested architecture."""
 
@@ -91,9 +78,48 @@ def _encoder(path, hf, openai, width, hidden, layers):
   return entries
 
 
-def _layout(arch: CLIPArch) -> list[_Entry]:
-  v, t, e = arch.vision, arch.text, arch.embed_dim
-  vm, tm = ("vision_model",), ("text_model",)
+def _conv(path, k, c_in, c_out, openai):
+  return _Entry(path + ("kernel",), (k, k, c_in, c_out), "", f"{openai}.weight", "conv", "conv")
+
+
+def _batch_norm(path, c, openai):
+  return [_Entry(path + (ours,), (c,), "", f"{openai}.{theirs}", "plain", "plain")
+          for ours, theirs in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"),
+                               ("var", "running_var"))]
+
+
+def _resnet_layout(arch: CLIPArch) -> list[_Entry]:
+  """OpenAI's ModifiedResNet (`clip.resnet`); OpenAI names only (Hugging Face has none)."""
+  v, vm = arch.vision, ("vision_model",)
+  entries, c_in = [], 3
+  for i, c_out in enumerate((v.width // 2, v.width // 2, v.width)):
+    entries += [_conv(vm + (f"conv{i + 1}",), 3, c_in, c_out, f"visual.conv{i + 1}"),
+                *_batch_norm(vm + (f"bn{i + 1}",), c_out, f"visual.bn{i + 1}")]
+    c_in = c_out
+  for stage, blocks in enumerate(v.resnet_layers):
+    planes = v.width * 2 ** stage
+    for j in range(blocks):
+      p, o = vm + (f"layer{stage + 1}_{j}",), f"visual.layer{stage + 1}.{j}"
+      entries += [_conv(p + ("conv1",), 1, c_in, planes, f"{o}.conv1"),
+                  *_batch_norm(p + ("bn1",), planes, f"{o}.bn1"),
+                  _conv(p + ("conv2",), 3, planes, planes, f"{o}.conv2"),
+                  *_batch_norm(p + ("bn2",), planes, f"{o}.bn2"),
+                  _conv(p + ("conv3",), 1, planes, planes * 4, f"{o}.conv3"),
+                  *_batch_norm(p + ("bn3",), planes * 4, f"{o}.bn3")]
+      if (stage > 0 and j == 0) or c_in != planes * 4:
+        entries += [_conv(p + ("downsample_conv",), 1, c_in, planes * 4, f"{o}.downsample.0"),
+                    *_batch_norm(p + ("downsample_bn",), planes * 4, f"{o}.downsample.1")]
+      c_in = planes * 4
+  grid, a = v.image_size // 32, vm + ("attnpool",)
+  entries.append(_Entry(a + ("positional_embedding",), (grid * grid + 1, c_in), "",
+                        "visual.attnpool.positional_embedding", "plain", "plain"))
+  for name in ("q_proj", "k_proj", "v_proj"):
+    entries += _dense(a + (name,), c_in, c_in, "", f"visual.attnpool.{name}")
+  return entries + _dense(a + ("c_proj",), c_in, arch.embed_dim, "", "visual.attnpool.c_proj")
+
+
+def _vit_layout(arch: CLIPArch) -> list[_Entry]:
+  v, e, vm = arch.vision, arch.embed_dim, ("vision_model",)
   return [
       _Entry(vm + ("patch_embedding", "kernel"), (v.patch_size, v.patch_size, 3, v.width),
              "vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight",
@@ -110,6 +136,13 @@ def _layout(arch: CLIPArch) -> list[_Entry]:
       # OpenAI applies `x @ proj` with proj [W, E]: already our kernel layout.
       _Entry(("visual_projection", "kernel"), (v.width, e), "visual_projection.weight",
              "visual.proj", "linear", "plain"),
+  ]
+
+
+def _layout(arch: CLIPArch) -> list[_Entry]:
+  t, e, tm = arch.text, arch.embed_dim, ("text_model",)
+  vision = _resnet_layout(arch) if arch.vision.is_resnet else _vit_layout(arch)
+  return vision + [
       _Entry(tm + ("token_embedding",), (t.vocab_size, t.width),
              "text_model.embeddings.token_embedding.weight", "token_embedding.weight",
              "plain", "plain"),
@@ -152,6 +185,9 @@ def params_from_state_dict(state_dict: dict, arch: CLIPArch, fmt: str = "hf",
   Returns:
     Nested dict of float32 jax arrays, the structure of `model.init_params(key, arch)`.
   """
+  if fmt == "hf" and arch.vision.is_resnet:
+    raise CheckpointError(f"{source}: Hugging Face has no ResNet CLIP; a ResNet tower loads "
+                          "from OpenAI state-dict names.")
   layout = _layout(arch)
   key_of = (lambda e: e.hf) if fmt == "hf" else (lambda e: e.openai)
   expected = {key_of(e): _source_shape(e, fmt) for e in layout}
@@ -182,9 +218,8 @@ def params_from_state_dict(state_dict: dict, arch: CLIPArch, fmt: str = "hf",
   return params
 
 
-def hf_state_dict_from_params(params: dict, arch: CLIPArch) -> dict[str, np.ndarray]:
-  """Flat HF `CLIPModel` state dict (float32 NumPy, torch layouts) from our parameter pytree."""
-  tensors = {}
+def _state_dict_from_params(params: dict, arch: CLIPArch, fmt: str) -> dict[str, np.ndarray]:
+  tensors, parts = {}, {}
   for e in _layout(arch):
     try:
       node = params
@@ -195,63 +230,30 @@ def hf_state_dict_from_params(params: dict, arch: CLIPArch) -> dict[str, np.ndar
     x = np.asarray(node, np.float32)
     if x.shape != e.shape:
       raise CheckpointError(f"params {'/'.join(e.path)}: expected {e.shape}, got {x.shape}.")
-    tensors[e.hf] = np.array(_to_torch(e.hf_kind, x), order="C")  # keeps 0-d arrays 0-d
+    key, kind = (e.hf, e.hf_kind) if fmt == "hf" else (e.openai, e.openai_kind)
+    x = np.array(_to_torch(kind, x), order="C")  # keeps 0-d arrays 0-d
+    if fmt == "openai" and e.part is not None:  # q, k, v fused into one in_proj
+      parts.setdefault(key, {})[e.part] = x
+      if len(parts[key]) == 3:
+        tensors[key] = np.concatenate([parts[key][i] for i in range(3)], axis=0)
+    else:
+      tensors[key] = x
   return tensors
 
 
-def arch_from_hf_config(config: dict) -> CLIPArch:
-  """`CLIPArch` from a transformers `CLIPConfig` dict (the contents of config.json)."""
-  model_type = config.get("model_type", "clip")
-  if model_type != "clip":
-    raise CheckpointError(f"config.json describes a {model_type!r} model; only 'clip' "
-                          "(transformers CLIPModel) checkpoints are supported.")
-  text = {**_HF_TEXT_DEFAULTS, **(config.get("text_config") or {})}
-  vision = {**_HF_VISION_DEFAULTS, **(config.get("vision_config") or {})}
-  acts = {text["hidden_act"], vision["hidden_act"]}
-  if len(acts) != 1 or not acts <= {"quick_gelu", "gelu"}:
-    raise CheckpointError(f"unsupported hidden_act {sorted(acts)}: the model implements one "
-                          "activation for both towers, 'quick_gelu' or 'gelu'.")
-  for tower, c in (("text", text), ("vision", vision)):
-    if not math.isclose(c["layer_norm_eps"], LAYER_NORM_EPS):
-      raise CheckpointError(f"{tower} layer_norm_eps {c['layer_norm_eps']} != {LAYER_NORM_EPS}, "
-                            "the value the model implements.")
-    if c["intermediate_size"] % c["hidden_size"]:
-      raise CheckpointError(f"{tower} intermediate_size {c['intermediate_size']} is not a "
-                            f"multiple of hidden_size {c['hidden_size']}.")
-  try:
-    return CLIPArch(
-        vision=VisionArch(image_size=vision["image_size"], patch_size=vision["patch_size"],
-                          width=vision["hidden_size"], layers=vision["num_hidden_layers"],
-                          heads=vision["num_attention_heads"],
-                          mlp_ratio=vision["intermediate_size"] // vision["hidden_size"]),
-        text=TextArch(vocab_size=text["vocab_size"],
-                      context_length=text["max_position_embeddings"], width=text["hidden_size"],
-                      layers=text["num_hidden_layers"], heads=text["num_attention_heads"],
-                      mlp_ratio=text["intermediate_size"] // text["hidden_size"]),
-        embed_dim=config.get("projection_dim", 512), activation=acts.pop())
-  except ValueError as err:
-    raise CheckpointError(f"config.json is inconsistent: {err}") from err
+def hf_state_dict_from_params(params: dict, arch: CLIPArch) -> dict[str, np.ndarray]:
+  """Flat HF `CLIPModel` state dict (float32 NumPy, torch layouts) from our parameter pytree."""
+  if arch.vision.is_resnet:
+    raise CheckpointError("Hugging Face has no ResNet CLIP: save a ResNet tower with "
+                          "`openai_state_dict_from_params` (OpenAI names).")
+  return _state_dict_from_params(params, arch, "hf")
 
 
-def hf_config_from_arch(arch: CLIPArch, logit_scale: float = LOGIT_SCALE_INIT) -> dict:
-  """A transformers `CLIPConfig` dict describing `arch` (what config.json holds)."""
-  v, t = arch.vision, arch.text
-  common = dict(hidden_act=arch.activation, layer_norm_eps=LAYER_NORM_EPS, attention_dropout=0.0,
-                initializer_range=0.02, initializer_factor=1.0, projection_dim=arch.embed_dim)
-  text = dict(model_type="clip_text_model", vocab_size=t.vocab_size, hidden_size=t.width,
-              intermediate_size=t.width * t.mlp_ratio, num_hidden_layers=t.layers,
-              num_attention_heads=t.heads, max_position_embeddings=t.context_length,
-              pad_token_id=1, bos_token_id=SOT_TOKEN_ID, eos_token_id=EOT_TOKEN_ID, **common)
-  vision = dict(model_type="clip_vision_model", hidden_size=v.width,
-                intermediate_size=v.width * v.mlp_ratio, num_hidden_layers=v.layers,
-                num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size,
-                num_channels=3, **common)
-  return dict(architectures=["CLIPModel"], model_type="clip", projection_dim=arch.embed_dim,
-              logit_scale_init_value=float(logit_scale), initializer_factor=1.0,
-              text_config=text, vision_config=vision)
+def openai_state_dict_from_params(params: dict, arch: CLIPArch) -> dict[str, np.ndarray]:
+  """Flat OpenAI CLIP state dict (float32 NumPy, torch layouts; ViT or ResNet towers)."""
+  return _state_dict_from_params(params, arch, "openai")
 
 
-# Keys whose shapes reveal the architecture of a bare state dict.
 _ARCH_KEYS = {
     "hf": dict(patch="vision_model.embeddings.patch_embedding.weight",
                vpos="vision_model.embeddings.position_embedding.weight",
@@ -275,12 +277,43 @@ def _count_layers(state_dict, prefix):
   return max(found) + 1 if found else 0
 
 
+def _infer_resnet_arch(state_dict: dict, source: str) -> CLIPArch:
+  """OpenAI's build_model rule for ResNet towers: blocks per stage from the key names, width
+  from layer1's first convolution, heads width * 32 // 64, image size 32 x the pool's grid."""
+  needed = ("visual.attnpool.positional_embedding", "visual.attnpool.c_proj.weight",
+            "token_embedding.weight", "positional_embedding", "text_projection",
+            "transformer.resblocks.0.mlp.c_fc.weight")
+  missing = [k for k in needed if k not in state_dict]
+  if missing:
+    raise CheckpointError(f"{source}: cannot infer the ResNet architecture, {len(missing)} "
+                          f"missing key(s): {_listing(missing)}")
+  shape = lambda key: np.shape(state_dict[key])
+  stages = tuple(_count_layers(state_dict, f"visual.layer{i}.") for i in range(1, 5))
+  width = shape("visual.layer1.0.conv1.weight")[0]
+  grid = math.isqrt(shape("visual.attnpool.positional_embedding")[0] - 1)
+  vocab, text_width = shape("token_embedding.weight")
+  try:
+    return CLIPArch(
+        vision=VisionArch(image_size=32 * grid, patch_size=32, width=width, layers=0,
+                          heads=width * 32 // 64, resnet_layers=stages),
+        text=TextArch(vocab_size=vocab, context_length=shape("positional_embedding")[0],
+                      width=text_width, layers=_count_layers(state_dict, "transformer.resblocks."),
+                      heads=max(1, text_width // 64),
+                      mlp_ratio=shape("transformer.resblocks.0.mlp.c_fc.weight")[0] // text_width),
+        embed_dim=shape("text_projection")[1], activation="quick_gelu")
+  except ValueError as err:
+    raise CheckpointError(f"{source}: cannot infer the architecture from its shapes: "
+                          f"{err}") from err
+
+
 def infer_arch(state_dict: dict, fmt: str, source: str = "checkpoint") -> CLIPArch:
   """Architecture of a bare state dict from its shapes.
 
   Heads are not recorded in weights: OpenAI's rule, width // 64, is used (pass `arch` to
   `load_clip` to override); the activation is OpenAI's quick_gelu for the same reason.
   """
+  if fmt == "openai" and "visual.layer1.0.conv1.weight" in state_dict:
+    return _infer_resnet_arch(state_dict, source)
   names = _ARCH_KEYS[fmt]
   missing = [k for k in names.values() if k not in state_dict]
   if missing:

@@ -21,14 +21,31 @@ LOGIT_SCALE_INIT = 4.6052  # ln(100): the released models' learned value
 
 @dataclasses.dataclass(frozen=True)
 class VisionArch:
+  """A ViT image tower, or OpenAI's ModifiedResNet where `resnet_layers` is given: Bottleneck
+  blocks per stage (RN50: (3, 4, 6, 3)), `width` the stem's channels (64), `heads` the
+  attention pool's (width * 32 // 64), `patch_size` its total stride (32), `layers` 0."""
   image_size: int = 224
   patch_size: int = 16
   width: int = 768
   layers: int = 12
   heads: int = 12
   mlp_ratio: int = 4
+  resnet_layers: tuple[int, ...] = ()
+
+  @property
+  def is_resnet(self) -> bool:
+    return bool(self.resnet_layers)
 
   def __post_init__(self):
+    if self.is_resnet:
+      if self.patch_size != 32 or self.image_size % 32 or self.width % 2:
+        raise ValueError(f"A ResNet tower strides by 32 (patch_size=32) over an image_size "
+                         f"divisible by 32, from an even width; got patch_size "
+                         f"{self.patch_size}, image_size {self.image_size}, width {self.width}.")
+      if (self.width * 32) % self.heads:
+        raise ValueError(f"The attention pool's width {self.width * 32} is not divisible by "
+                         f"heads {self.heads}.")
+      return
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size "
                        f"{self.patch_size}; choose sizes whose ratio is whole.")
@@ -69,6 +86,10 @@ class CLIPArch:
 PRESETS = {
     "ViT-B/32": CLIPArch(vision=VisionArch(patch_size=32)),
     "ViT-B/16": CLIPArch(vision=VisionArch(patch_size=16)),
+    # OpenAI's ResNet-50 CLIP: the ModifiedResNet tower, 1024-d embeddings, the same text tower.
+    "RN50": CLIPArch(
+        vision=VisionArch(image_size=224, patch_size=32, width=64, layers=0, heads=32,
+                          resnet_layers=(3, 4, 6, 3)), embed_dim=1024),
     "ViT-L/14": CLIPArch(
         vision=VisionArch(patch_size=14, width=1024, layers=24, heads=16),
         text=TextArch(width=768, heads=12), embed_dim=768),
@@ -94,6 +115,10 @@ PRESETS = {
     # Test-only sizes: the real vocabulary and context, so tokenizer output fits unchanged.
     "tiny": CLIPArch(
         vision=VisionArch(image_size=32, patch_size=8, width=64, layers=2, heads=4),
+        text=TextArch(width=64, layers=2, heads=4), embed_dim=32),
+    "tiny_rn": CLIPArch(
+        vision=VisionArch(image_size=64, patch_size=32, width=8, layers=0, heads=4,
+                          resnet_layers=(1, 1, 1, 1)),
         text=TextArch(width=64, layers=2, heads=4), embed_dim=32),
 }
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metatpt_jax.clip import layer_prompts
+from metatpt_jax.clip import layer_prompts, resnet
 from metatpt_jax.clip.config import EOT_TOKEN_ID, LAYER_NORM_EPS, LOGIT_SCALE_INIT, CLIPArch
 
 Dtype = Any
@@ -177,19 +177,28 @@ class CLIP(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.vision_model = VisionTransformer(self.arch, self.remat, self.dtype)
+    if self.arch.vision.is_resnet:  # its attention pool projects to embed_dim itself
+      self.vision_model = resnet.ModifiedResNet(self.arch, self.remat, self.dtype)
+    else:
+      self.vision_model = VisionTransformer(self.arch, self.remat, self.dtype)
+      self.visual_projection = nn.Dense(self.arch.embed_dim, use_bias=False, dtype=self.dtype)
     self.text_model = TextTransformer(self.arch, self.remat, self.dtype)
-    self.visual_projection = nn.Dense(self.arch.embed_dim, use_bias=False, dtype=self.dtype)
     self.text_projection = nn.Dense(self.arch.embed_dim, use_bias=False, dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(LOGIT_SCALE_INIT), ())
 
   def encode_image(self, images, prompts=None, appended=None):
+    if self.arch.vision.is_resnet:
+      if prompts is not None or appended is not None:
+        raise ValueError("Visual prompt tokens need a ViT image tower; this CLIP is a ResNet.")
+      return self.vision_model(images).astype(_wide(self.dtype))
     pooled = self.vision_model(images, prompts, appended)
     return self.visual_projection(pooled).astype(_wide(self.dtype))
 
   def image_tokens(self, images, prompts=None, appended=None):
     """Every output token after post_layernorm, unprojected: [N, T, width]."""
+    if self.arch.vision.is_resnet:
+      raise ValueError("Image tokens are a ViT tower's; this CLIP is a ResNet.")
     return self.vision_model(images, prompts, appended, all_tokens=True)
 
   def embed_tokens(self, token_ids):
