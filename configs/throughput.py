@@ -7,7 +7,7 @@
     metatpt-throughput --config configs/throughput.py:baselines  # ZERO, C-TPT, MTA, TDA beside TPT
     metatpt-throughput --config configs/throughput.py --config.compute_dtype=bfloat16  # accelerators
     metatpt-throughput --config configs/throughput.py:accelerator  # one GPU / TPU chip, real scale
-    metatpt-throughput --config configs/throughput.py:maple3     # also :maple9, :mmrl (backbones)
+    metatpt-throughput --config configs/throughput.py:maple3  # also :maple9, :mmrl, :clip beside
 
 Random weights (costs only). Cells that exceed `memory_limit_gib` (checked on the compiled program
 before it runs) or `max_seconds_per_cell` (estimated from the method's smallest batch) are skipped
@@ -160,7 +160,7 @@ def _accelerator(c):
 def _backbone(c, name, **fields):
   """TPT and MetaTPT (second order) on a prompt backbone with random prompt tensors: B/16, 64
   views, 200 classes, one sample per step, one timed call each (2 CPU cores: minutes a cell).
-  Plain CLIP's figures at the same size: the :cpu run."""
+  :clip is plain CLIP at the same size, to run beside them on the same machine."""
   c.num_classes = (200,)
   c.batch_sizes = (1,)
   c.repeats = 1
@@ -168,14 +168,16 @@ def _backbone(c, name, **fields):
   c.torch_reference = False
   c.methods = dict(zero_shot=c.methods.zero_shot, tpt=c.methods.tpt,
                    metatpt_second=c.methods.metatpt_second)
-  c.prompt.backbone = name
-  c.prompt[name].update(fields)
+  if name:
+    c.prompt.backbone = name
+    c.prompt[name].update(fields)
   c.targets = {}
-  c.output_dir = f"runs/throughput_{name}{fields.get('depth', '')}"
+  c.output_dir = f"runs/throughput_{name or 'clip'}{fields.get('depth', '')}"
 
 
 VARIANTS = {"": lambda c: None, "cpu": _cpu, "tiny": _tiny, "scaling": _scaling,
             "baselines": _baselines, "accelerator": _accelerator,
+            "clip": lambda c: _backbone(c, ""),
             "maple3": lambda c: _backbone(c, "maple", depth=3),
             "maple9": lambda c: _backbone(c, "maple", depth=9),
             "mmrl": lambda c: _backbone(c, "mmrl")}
