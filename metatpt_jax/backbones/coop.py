@@ -31,6 +31,9 @@ class CoOp:
   name = "coop"
   image_uses_prompt = False  # image features depend on CLIP alone: computed once per view
 
+  def check(self, arch: CLIPArch) -> None:
+    del arch  # any CLIP: the context only enters the text tower
+
   def init(self, clip_params, arch: CLIPArch, key=None, tokenizer=None) -> dict:
     return {"ctx": prompts.init_context(clip_params, arch, n_ctx=self.n_ctx, init=self.ctx_init,
                                         key=key, tokenizer=tokenizer)}

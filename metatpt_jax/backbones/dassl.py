@@ -1,4 +1,5 @@
-"""Import of the prompt learners that CoOp, MaPLe and MMRL release as Dassl checkpoints.
+"""Import of the prompt learners that CoOp, MaPLe and MMRL release as Dassl checkpoints (and of
+our own `.npz` prompt files, `backbones.train.save_prompt`).
 
 A Dassl file (`prompt_learner/model.pth.tar-N`, `MultiModalPromptLearner/model.pth.tar-N`,
 `MultiModalRepresentationLearner/model.pth.tar-N`) is a torch pickle {"state_dict", "epoch",
@@ -91,9 +92,15 @@ _READERS = {"coop": _coop, "maple": _maple, "mmrl": _mmrl}
 def load_prompt(path: str, backbone, clip_params, arch: CLIPArch) -> dict:
   """The backbone's prompt parameters from a Dassl checkpoint, checked against the shapes the
   backbone makes for `arch` (`backbone.init`)."""
-  state = read_state_dict(path)
+  if path.endswith(".npz"):  # ours: `backbones.train.save_prompt`
+    if not os.path.isfile(path):
+      raise UserError(f"Prompt file {path} does not exist.")
+    from metatpt_jax.backbones.train import load_prompt_npz
+    state, prompt = {}, load_prompt_npz(path)
+  else:
+    state = read_state_dict(path)
   try:
-    prompt = _READERS[backbone.name](state, backbone)
+    prompt = prompt if path.endswith(".npz") else _READERS[backbone.name](state, backbone)
   except KeyError as err:
     raise UserError(f"{path} has no {err.args[0]!r}: is it a {backbone.name} checkpoint? Its "
                     f"keys start {', '.join(sorted(state)[:4])}.") from None

@@ -98,14 +98,20 @@ class MMRL:
                      dtype=jnp.float32, remat: bool = False) -> jax.Array:
     """[N, E]: alpha * class-token feature + (1 - alpha) * representation feature, each unit
     norm (so `logits` is MMRL's fused logits exactly; unit norm itself when alpha is 1)."""
+    cls, rep = self.image_branches(clip_params, arch, prompt, images, dtype=dtype, remat=remat)
+    return cls if self.alpha == 1.0 else self.alpha * cls + (1.0 - self.alpha) * rep
+
+  def image_branches(self, clip_params, arch, prompt: dict, images: jax.Array, *,
+                     dtype=jnp.float32, remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(class-token, representation) unit-norm features [N, E] each (MMRL's training loss
+    weighs their logits separately)."""
     tokens = clip_model.image_tokens(
         clip_params, images, arch, remat=remat, dtype=dtype,
         prompts=self._layer_prompts(prompt["r2v"], prompt["rep"], arch.vision.layers))
     cls = tokens[:, 0] @ clip_params["visual_projection"]["kernel"].astype(tokens.dtype)
     rep = tokens[:, 1:1 + self.n_tokens].mean(axis=1) @ prompt["proj_rep"].astype(tokens.dtype)
     wide = clip_model._wide(dtype)
-    cls, rep = clip_model.normalize(cls.astype(wide)), clip_model.normalize(rep.astype(wide))
-    return cls if self.alpha == 1.0 else self.alpha * cls + (1.0 - self.alpha) * rep
+    return clip_model.normalize(cls.astype(wide)), clip_model.normalize(rep.astype(wide))
 
   def clip_params(self, clip_params):
     """CLIP's parameters as MMRL uses them: logits at the constant scale 100, not CLIP's own."""

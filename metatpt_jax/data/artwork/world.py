@@ -149,3 +149,37 @@ def describe(domain: Domain) -> dict:
   counts = np.bincount(domain.labels, minlength=len(domain.class_names))
   return dict(images=int(len(domain.labels)), classes=int((counts > 0).sum()),
               repeated_pictures=int(np.maximum(counts - 1, 0).sum()))
+
+
+def source_domain(split: str = "test", *, image_size: int = 64, cache_dir: str | None = None,
+                  num_classes: int | None = None, shots: int = 0, seed: int = 0) -> Domain:
+  """The source styles' plain pictures of the classes a held-out domain of `split` (and
+  `num_classes`) covers, labelled in that domain's order: the few-shot training set of a prompt
+  backbone trained on the source domains only (the domain-generalisation protocol: ImageNet's
+  classes in training, its shifted variants at test). shots > 0 keeps that many pictures per
+  class (a seeded choice); 0 keeps all (one per style and skin tone)."""
+  if split not in SPLITS:
+    raise UserError(f"split {split!r}: choose one of {SPLITS}.")
+  catalog = styles.load_catalog(cache_dir)
+  universe = class_universe(cache_dir, image_size)
+  subgroups = {k: catalog.classes[k].subgroup for k in universe}
+  dev = dev_classes(universe, subgroups)
+  in_split = [k for k in class_order(universe, subgroups) if (k in dev) == (split == "dev")]
+  chosen = set(in_split[:num_classes] if num_classes else in_split)
+  classes = tuple(k for k in universe if k in chosen)
+  label_of = {k: i for i, k in enumerate(classes)}
+  images, labels = [], []
+  for name in SOURCE_STYLES:
+    style_set = styles.load_style(name, image_size, cache_dir=cache_dir, catalog=catalog)
+    keep = [i for i, k in enumerate(style_set.keys) if k in label_of]
+    images.append(style_set.images[keep])
+    labels += [label_of[style_set.keys[i]] for i in keep]
+  images, labels = np.concatenate(images), np.asarray(labels, np.int32)
+  if shots:
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:shots]
+                                   for c in range(len(classes))]))
+    images, labels = images[keep], labels[keep]
+  suffix = "" if num_classes is None else f":{num_classes}_classes"
+  return Domain(f"artwork:sources:plain{suffix}", images, labels,
+                [catalog.classes[k].name for k in classes])

@@ -1,0 +1,90 @@
+"""Few-shot training of the prompt backbones (`metatpt-train-prompt`): each backbone trains on a
+tiny CLIP and image folder, a run cut after an epoch resumes to the uninterrupted run's prompt,
+and the written prompt loads where the benchmark reads it."""
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from metatpt_jax import backbones
+from metatpt_jax.backbones import cli, dassl, train
+from metatpt_jax.bench import methods
+from metatpt_jax.clip import checkpoint, config, model
+from metatpt_jax.pretrain import state_io
+from tests.config_files import config_module
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  base = tmp_path_factory.mktemp("prompt_train")
+  arch = config.get_arch("tiny")
+  checkpoint.save_hf(model.init_params(jax.random.key(0), arch), arch, str(base / "ckpt"))
+  rng = np.random.default_rng(0)
+  for c, name in enumerate(("cat", "dog", "sea lion")):
+    (base / "images" / name).mkdir(parents=True)
+    for i in range(4):  # each class its own colour, so there is something to learn
+      pixels = np.clip(rng.normal(60 + 60 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(pixels).save(base / "images" / name / f"{i}.png")
+  return base
+
+
+def _cfg(setup, name, workdir, **train_fields):
+  cfg = config_module("prompt_train").get_config(name)
+  cfg.model.checkpoint = str(setup / "ckpt")
+  cfg.data.source = f"folder:{setup / 'images'}"
+  if name == "maple":
+    cfg.prompt.maple.update(depth=2, ctx_init="a photo of a")
+  if name == "mmrl":
+    cfg.prompt.mmrl.update(rep_layers=(2,), rep_dim=16, template="a photo of a {}.")
+  if name == "coop":
+    cfg.prompt.update(n_ctx=4, init="a photo of a")
+  cfg.train.update(dict(epochs=3, batch_size=4, warmup_epochs=1), **train_fields)
+  cfg.workdir = str(workdir)
+  return cfg
+
+
+@pytest.mark.parametrize("name", ["coop", "maple", "mmrl"])
+def test_each_backbone_trains_and_a_cut_run_resumes_to_the_same_prompt(setup, tmp_path, name,
+                                                                       monkeypatch):
+  whole = cli.run(_cfg(setup, name, tmp_path / "whole", lr=0.05))
+  real_save = state_io.save_state
+
+  def cut_after_epoch_2(directory, state, info):
+    real_save(directory, state, info)
+    if info["epochs_done"] == 2:
+      raise KeyboardInterrupt("cut")
+
+  monkeypatch.setattr(state_io, "save_state", cut_after_epoch_2)
+  with pytest.raises(KeyboardInterrupt):
+    cli.run(_cfg(setup, name, tmp_path / "cut", lr=0.05))
+  monkeypatch.setattr(state_io, "save_state", real_save)
+  resumed = cli.run(_cfg(setup, name, tmp_path / "cut", lr=0.05))
+  a, b = train.load_prompt_npz(whole), train.load_prompt_npz(resumed)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # the trained prompt moved from its init and loads where the benchmark reads it
+  cfg = _cfg(setup, name, tmp_path)
+  params, arch = checkpoint.load_clip(cfg.model.checkpoint)
+  backbone = methods.backbone_spec(cfg.prompt) or backbones.CoOp(
+      n_ctx=4, ctx_init="a photo of a")
+  init = backbone.init(backbone.clip_params(params), arch, jax.random.key(0))
+  moved = jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, init)
+  assert min(jax.tree.leaves(moved)) > 0, moved
+  loaded = dassl.load_prompt(whole, backbone, params, arch)
+  jax.tree.map(np.testing.assert_array_equal, loaded, a)
+
+
+def test_training_lowers_the_loss_and_the_schedule_is_dassls(setup, tmp_path):
+  logs = []
+  cfg = _cfg(setup, "maple", tmp_path, lr=0.05, epochs=6, warmup_epochs=0)
+  params, arch = checkpoint.load_clip(cfg.model.checkpoint)
+  domain = cli.training_data(cfg, arch.vision.image_size)
+  spec = train.TrainSpec(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in cfg.train.to_dict().items()})
+  train.train(methods.backbone_spec(cfg.prompt), params, arch, domain.images, domain.labels,
+              domain.class_names, spec, str(tmp_path), log=logs.append)
+  losses = [float(line.rsplit("loss ", 1)[1]) for line in logs]
+  assert losses[-1] < 0.8 * losses[0], losses
+  maple = train.AUTHORS["maple"]  # warm-up epoch at 1e-5, then the cosine shifted by one
+  assert [round(train.epoch_lr(maple, e), 7) for e in range(2)] == [1e-5, 0.0026]
+  coop = train.AUTHORS["coop"]
+  assert train.epoch_lr(coop, 49) == pytest.approx(0.002 * 0.5 * (1 + np.cos(np.pi * 48 / 50)))
