@@ -5,8 +5,9 @@
     metatpt-bench --config configs/paper.py:ucf101,main \
         --config.data.domains="('paper:ucf101:/data/ucf101_midframes_test',)"
 
-The argument is "<dataset>,<method>[,<policy>]" (policy: fp32, the default; fp16 as the authors
-run on CUDA; gpu or tpu for bf16 on accelerators; `POLICIES`). Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
+The argument is "<dataset>,<method>[,<policy>][,<backbone>]" (policy: fp32, the default; fp16 as
+the authors run on CUDA; gpu or tpu for bf16 on accelerators; `POLICIES`. backbone: clip, the
+default; coop, maple or mmrl from the released ImageNet checkpoints, `BACKBONE_FILES`). Datasets: the keys of `benchmarks.BENCHMARKS`. Methods:
 zero_shot, tpt, metatpt and the ablations metatpt_first_order, metatpt_joint, metatpt_fixed_aug,
 metatpt_offline, the baselines (ctpt, zero, mta, tda) and zero_shot_ensemble (CLIP's 80
 templates); "main" runs zero_shot, tpt and metatpt in one go, "baselines" the baselines beside
@@ -80,17 +81,50 @@ POLICIES = {
     "tpu": dict(compute_dtype="bfloat16", matmul_precision="default", zero_temperature=0.0)}
 
 
+# Prompt backbones on the paper's datasets: each authors' released ImageNet (16-shot, ViT-B/16)
+# prompt learner, read from $METATPT_DATA_DIR/<file> (download it from their pages; or give
+# --config.prompt.init / --config.prompt.backbone_checkpoint). CoOp: TPT's CoOp baseline (4
+# context vectors, 50 epochs); MaPLe: the cross-dataset model (depth 3, 2 epochs) that TPT on
+# MaPLe (jameelhassan/TPT) loads, with its test prompt "X X {class}." (no "of a" after the
+# context, as that code builds it); MMRL: the cross-dataset model (1 epoch), class-token logits
+# off ImageNet and the fused ones on it, the dataset's CoOp template.
+BACKBONE_FILES = {
+    "coop": "prompts/coop/vit_b16_ep50_16shots/nctx4_cscFalse_ctpend/seed1/prompt_learner/"
+            "model.pth.tar-50",
+    "maple": "prompts/maple/imagenet/seed1/MultiModalPromptLearner/model.pth.tar-2",
+    "mmrl": "prompts/mmrl/imagenet/seed1/MultiModalRepresentationLearner/model.pth.tar-1"}
+BACKBONES = ("clip", *BACKBONE_FILES)
+
+
 def _parse(arg: str):
   parts = arg.split(",")
   dataset, method = parts[0], parts[1] if len(parts) > 1 else ""
-  policy = parts[2] if len(parts) > 2 else "fp32"
+  extra = parts[2:]
+  policies = [p for p in extra if p in POLICIES]
+  chosen = [b for b in extra if b in BACKBONES]
   if (dataset not in benchmarks.BENCHMARKS or method not in METHODS + tuple(GROUPS)
-      or policy not in POLICIES or arg.count(",") > 2):
-    raise ValueError(f"configs/paper.py needs '<dataset>,<method>[,<policy>]', got {arg!r}. "
-                     f"Datasets: {', '.join(benchmarks.BENCHMARKS)}. Methods: "
+      or len(policies) > 1 or len(chosen) > 1 or len(policies) + len(chosen) != len(extra)):
+    raise ValueError(f"configs/paper.py needs '<dataset>,<method>[,<policy>][,<backbone>]', got "
+                     f"{arg!r}. Datasets: {', '.join(benchmarks.BENCHMARKS)}. Methods: "
                      f"{', '.join(METHODS)}, or {' / '.join(GROUPS)} for several. Policies: "
-                     f"{', '.join(POLICIES)}.")
-  return benchmarks.BENCHMARKS[dataset], GROUPS.get(method, (method,)), method, policy
+                     f"{', '.join(POLICIES)}. Backbones: {', '.join(BACKBONES)}.")
+  return (benchmarks.BENCHMARKS[dataset], GROUPS.get(method, (method,)), method,
+          (policies or ["fp32"])[0], (chosen or ["clip"])[0])
+
+
+def _set_backbone(c, bench, backbone: str) -> None:
+  if backbone == "clip":
+    return
+  path = os.path.join(tfds_builders.default_data_dir(), BACKBONE_FILES[backbone])
+  if backbone == "coop":  # the context alone, into plain CLIP
+    c.prompt.init = path
+    return
+  c.prompt.backbone, c.prompt.backbone_checkpoint = backbone, path
+  if backbone == "maple":
+    c.prompt.maple.update(depth=3, n_ctx=2, ctx_init="a photo")
+  else:
+    c.prompt.mmrl.update(alpha=0.7 if bench.name == "imagenet" else 1.0,
+                         template=benchmarks.load_classes(bench.name)["templates"]["coop"][0])
 
 
 def domain_spec(bench: benchmarks.Benchmark) -> str:
@@ -102,7 +136,7 @@ def domain_spec(bench: benchmarks.Benchmark) -> str:
 
 
 def get_config(arg: str = ""):
-  bench, methods, method_arg, policy = _parse(arg)
+  bench, methods, method_arg, policy, backbone = _parse(arg)
   c = defaults.base_config()
   c.model.compute_dtype = POLICIES[policy]["compute_dtype"]
   c.model.matmul_precision = POLICIES[policy]["matmul_precision"]
@@ -140,7 +174,9 @@ def get_config(arg: str = ""):
     every.ctpt.update(dict(dispersion_weight=20.0, view_kind="augmix"))
   every.zero.temperature = POLICIES[policy]["zero_temperature"]
   c.methods = {name: every[name] for name in methods}
-  suffix = "" if policy == "fp32" else f"_{policy}"
+  _set_backbone(c, bench, backbone)
+  suffix = ("" if policy == "fp32" else f"_{policy}") + ("" if backbone == "clip" else
+                                                          f"_{backbone}")
   c.output_dir = os.path.join("runs", "paper", bench.name, method_arg + suffix)
   c.plot_views = False
   return c

@@ -169,3 +169,21 @@ def test_wrong_checkpoints_are_one_clear_line(hf_reference, tmp_path):
     dassl.load_prompt(str(tmp_path / "none.pth.tar"), backbones.get("coop"), params, arch)
   with pytest.raises(UserError, match="no field depht"):
     backbones.get("maple", depht=3)
+
+
+def test_paper_configs_run_each_backbone_as_its_authors_do():
+  from tests.config_files import config_module
+  paper = config_module("paper")
+  c = paper.get_config("imagenet_a,tpt,maple")
+  assert (c.prompt.backbone, c.prompt.maple.depth, c.prompt.maple.n_ctx) == ("maple", 3, 2)
+  assert c.prompt.maple.ctx_init == "a photo"  # TPT on MaPLe's test prompt "X X {class}."
+  assert c.prompt.backbone_checkpoint.endswith("MultiModalPromptLearner/model.pth.tar-2")
+  assert c.output_dir.endswith("imagenet_a/tpt_maple")
+  c = paper.get_config("dtd,main,mmrl,fp16")
+  assert (c.prompt.mmrl.template, c.prompt.mmrl.alpha) == ("{} texture.", 1.0)
+  assert c.model.compute_dtype == "float16"
+  assert paper.get_config("imagenet,main,mmrl").prompt.mmrl.alpha == 0.7  # fused on ImageNet
+  c = paper.get_config("imagenet_r,tpt,coop")
+  assert c.prompt.init.endswith("prompt_learner/model.pth.tar-50") and not c.prompt.backbone
+  with pytest.raises(ValueError, match="Backbones: clip, coop, maple, mmrl"):
+    paper.get_config("dtd,tpt,maple,mmrl")
