@@ -10,6 +10,8 @@ artists (issue 24; docs/ARTWORK.md has the world, docs/WORLD_V3.md every figure)
     metatpt-bench --config configs/bench_v3.py:test         # published settings, test split
     metatpt-bench --config configs/bench_v3.py:test_ablations  # MetaTPT's ablations, one seed
     metatpt-bench --config configs/bench_v3.py:demo         # `make demo`
+    metatpt-bench --config configs/bench_v3.py:backbones_maple  # issue 26's table (also _clip,
+                                                            # _coop, _mmrl)
 
 Every setting is chosen on the development split (`--config.data.split=dev`: each held-out
 style's pictures of a fixed, subgroup-stratified third of the classes); the test split holds the
@@ -140,9 +142,30 @@ def _demo(c):
   c.output_dir = "runs/demo_v3"
 
 
+# Issue 26's backbone table: {CLIP, CoOp, MaPLe, MMRL} x {zero-shot, TPT, MetaTPT} at TPT's
+# published settings on every test image, 3 seeds, one output directory; the backbones trained
+# on the source styles alone (configs/prompt_train.py), their prompts in PROMPTS_V3. CLIP's rows
+# are `test`'s own (the same fingerprints: its records are reused where present).
+PROMPTS_V3 = "checkpoints/prompts_v3"
+
+
+def _backbone_table(c, name):
+  _test(c)
+  c.methods = {"zero_shot": defaults.method_config("zero_shot"), "tpt": defaults.tpt_method(),
+               "metatpt": defaults.metatpt_method()}
+  if name == "coop":
+    c.prompt.init = f"{PROMPTS_V3}/coop.npz"
+  elif name != "clip":
+    c.prompt.backbone, c.prompt.backbone_checkpoint = name, f"{PROMPTS_V3}/{name}.npz"
+    c.prompt[name].update(defaults.V3_BACKBONES[name])
+  c.output_dir = "runs/bench_v3_backbones"
+
+
 VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev,
             "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test,
-            "test_ablations": _test_ablations, "demo": _demo}
+            "test_ablations": _test_ablations, "demo": _demo,
+            **{f"backbones_{name}": (lambda c, name=name: _backbone_table(c, name))
+               for name in ("clip", "coop", "maple", "mmrl")}}
 
 
 def get_config(arg: str = "levels"):

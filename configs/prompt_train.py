@@ -5,26 +5,21 @@
     metatpt-train-prompt --config configs/prompt_train.py:mmrl
 
 CLIP is checkpoints/small_clip_v3 (frozen). The training set is the source styles' pictures (the
-styles CLIP was pretrained on) of the 200 test-split classes that world v3's test domains cover
+styles CLIP was pretrained on) of the 200 test-split classes that world v3's test domains cover, at most 16 pictures a class (CoOp's 16 shots; a class has 4 to 84 with skin tones)
 (their M-way subsets are nested: 50 and 100 inside 200), labelled as the domains label them: the
 domain-generalisation protocol of the paper's ImageNet -> ImageNet-A/-R/-Sketch rows, trained on
 the source domain, tested on the shifted styles. Loss, optimiser and schedule are each authors'
-cross-dataset settings (`backbones.train.AUTHORS`); the sizes follow small_clip_v3 (4 text and 6
-image layers, text width 128): MaPLe depth 3 with 2 context tokens from "an emoji" of the
-pretraining caption "an emoji of {}."; MMRL's 5 tokens of width 128 in the text tower's upper
-half (layers 3-4 of both towers, as (6..12) is the upper half of ViT-B/16's 12).
+cross-dataset settings (`backbones.train.AUTHORS`); the sizes follow small_clip_v3
+(`defaults.V3_BACKBONES`). The trained prompts are committed as checkpoints/prompts_v3/*.npz.
 """
 import ml_collections
 
 from metatpt_jax.backbones.train import AUTHORS
 from metatpt_jax.bench import defaults
 
-BACKBONES = {
-    "coop": {},  # the context alone: prompt.n_ctx vectors from prompt.init
-    "maple": dict(depth=3, n_ctx=2, ctx_init="an emoji of"),
-    "mmrl": dict(n_tokens=5, rep_dim=128, rep_layers=(3, 4), alpha=1.0,
-                 template="an emoji of {}."),
-}
+# coop: the context alone (prompt.n_ctx vectors from prompt.init); the others sized for
+# small_clip_v3 (`defaults.V3_BACKBONES`).
+BACKBONES = {"coop": {}, **defaults.V3_BACKBONES}
 
 
 def get_config(arg: str = "maple"):
@@ -38,7 +33,7 @@ def get_config(arg: str = "maple"):
     c.prompt[arg].update(BACKBONES[arg])
   spec = AUTHORS[arg]
   c.train = {f: getattr(spec, f) for f in spec.__dataclass_fields__}
-  c.data = dict(source="artwork_sources", split="test", num_classes=200, shots=0,
+  c.data = dict(source="artwork_sources", split="test", num_classes=200, shots=16,
                 cache_dir="")
   c.seed = 0
   c.workdir = f"runs/prompt_train_v3/{arg}"

@@ -72,6 +72,18 @@ def prompt_config(n_ctx: int = 4, init: str = "a photo of a") -> dict:
                         template="a photo of a {}."))
 
 
+# The prompt backbones sized for world v3's CLIP (checkpoints/small_clip_v3: 4 text and 6 image
+# layers, text width 128), shared by its training (configs/prompt_train.py) and its benchmark
+# (configs/bench_v3.py): MaPLe depth 3 with 2 context tokens from "an emoji" of the pretraining
+# caption "an emoji of {}."; MMRL's 5 tokens of width 128 in the upper half of the text tower
+# (layers 3-4 of both towers, as 6-12 is the upper half of ViT-B/16's 12), class-token logits.
+V3_BACKBONES = {
+    "maple": dict(depth=3, n_ctx=2, ctx_init="an emoji of"),
+    "mmrl": dict(n_tokens=5, rep_dim=128, rep_layers=(3, 4), alpha=1.0,
+                 template="an emoji of {}."),
+}
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # class_chunk: the text tower over this many classes at a time (0: all; bounds memory at 1000)
