@@ -5,8 +5,9 @@
     metatpt-train-prompt --config configs/prompt_train.py:mmrl
 
 CLIP is checkpoints/small_clip_v3 (frozen). The training set is the source styles' pictures (the
-styles CLIP was pretrained on) of the 200 test-split classes that world v3's test domains cover, at most 16 pictures a class (CoOp's 16 shots; a class has 4 to 84 with skin tones)
-(their M-way subsets are nested: 50 and 100 inside 200), labelled as the domains label them: the
+styles CLIP was pretrained on) of the 200 test-split classes that world v3's test domains cover
+(their M-way subsets are nested: 50 and 100 inside 200), at most 16 a class (CoOp's 16 shots; a
+class has 4 to 84 with its skin tones), labelled as the domains label them: the
 domain-generalisation protocol of the paper's ImageNet -> ImageNet-A/-R/-Sketch rows, trained on
 the source domain, tested on the shifted styles. Loss, optimiser and schedule are each authors'
 cross-dataset settings (`backbones.train.AUTHORS`); the sizes follow small_clip_v3
