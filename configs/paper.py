@@ -175,6 +175,8 @@ def get_config(arg: str = ""):
   every.zero.temperature = POLICIES[policy]["zero_temperature"]
   c.methods = {name: every[name] for name in methods}
   _set_backbone(c, bench, backbone)
+  if backbone != "clip" and "tda" in c.methods:  # TDA's classifier: the backbone's class prompts
+    c.methods.tda.templates = ()
   suffix = ("" if policy == "fp32" else f"_{policy}") + ("" if backbone == "clip" else
                                                           f"_{backbone}")
   c.output_dir = os.path.join("runs", "paper", bench.name, method_arg + suffix)

@@ -187,3 +187,6 @@ def test_paper_configs_run_each_backbone_as_its_authors_do():
   assert c.prompt.init.endswith("prompt_learner/model.pth.tar-50") and not c.prompt.backbone
   with pytest.raises(ValueError, match="Backbones: clip, coop, maple, mmrl"):
     paper.get_config("dtd,tpt,maple,mmrl")
+  # TDA reads the backbone's class features, not CLIP's template ensemble
+  assert paper.get_config("dtd,tda,maple").methods.tda.templates == ()
+  assert paper.get_config("dtd,tda").methods.tda.templates
