@@ -73,7 +73,13 @@ def test_every_v3_variant_validates_and_reads_its_split(variant):
   dev = variant.startswith(("levels", "dev"))
   assert cfg.data.split == ("dev" if dev else "test")
   assert all(d.startswith("artwork:") for d in cfg.data.domains)
-  assert cfg.prompt.init == "an emoji of" and cfg.prompt.n_ctx == 3
+  # the pretraining's caption, except the backbone table's CoOp row (its trained context)
+  want = "checkpoints/prompts_v3/coop.npz" if variant == "backbones_coop" else "an emoji of"
+  assert cfg.prompt.init == want and cfg.prompt.n_ctx == 3
+  if variant.startswith("backbones_"):
+    assert cfg.output_dir == "runs/bench_v3_backbones" and cfg.seeds == (0, 1, 2)
+    backbone = variant.removeprefix("backbones_")
+    assert cfg.prompt.backbone == ("" if backbone in ("clip", "coop") else backbone)
 
 
 def test_v3_metatpt_variants_each_change_one_thing_of_the_reconstruction():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from metatpt_jax import backbones
-from metatpt_jax.backbones import cli, dassl, train
+from metatpt_jax.backbones import dassl, train
 from metatpt_jax.bench import methods
 from metatpt_jax.clip import checkpoint, config, model
 from metatpt_jax.pretrain import state_io
@@ -46,7 +46,7 @@ def _cfg(setup, name, workdir, **train_fields):
 @pytest.mark.parametrize("name", ["coop", "maple", "mmrl"])
 def test_each_backbone_trains_and_a_cut_run_resumes_to_the_same_prompt(setup, tmp_path, name,
                                                                        monkeypatch):
-  whole = cli.run(_cfg(setup, name, tmp_path / "whole", lr=0.05))
+  whole = train.run_config(_cfg(setup, name, tmp_path / "whole", lr=0.05))
   real_save = state_io.save_state
 
   def cut_after_epoch_2(directory, state, info):
@@ -56,9 +56,9 @@ def test_each_backbone_trains_and_a_cut_run_resumes_to_the_same_prompt(setup, tm
 
   monkeypatch.setattr(state_io, "save_state", cut_after_epoch_2)
   with pytest.raises(KeyboardInterrupt):
-    cli.run(_cfg(setup, name, tmp_path / "cut", lr=0.05))
+    train.run_config(_cfg(setup, name, tmp_path / "cut", lr=0.05))
   monkeypatch.setattr(state_io, "save_state", real_save)
-  resumed = cli.run(_cfg(setup, name, tmp_path / "cut", lr=0.05))
+  resumed = train.run_config(_cfg(setup, name, tmp_path / "cut", lr=0.05))
   a, b = train.load_prompt_npz(whole), train.load_prompt_npz(resumed)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # the trained prompt moved from its init and loads where the benchmark reads it
@@ -77,7 +77,7 @@ def test_training_lowers_the_loss_and_the_schedule_is_dassls(setup, tmp_path):
   logs = []
   cfg = _cfg(setup, "maple", tmp_path, lr=0.05, epochs=6, warmup_epochs=0)
   params, arch = checkpoint.load_clip(cfg.model.checkpoint)
-  domain = cli.training_data(cfg, arch.vision.image_size)
+  domain = train.training_data(cfg, arch.vision.image_size)
   spec = train.TrainSpec(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in cfg.train.to_dict().items()})
   train.train(methods.backbone_spec(cfg.prompt), params, arch, domain.images, domain.labels,

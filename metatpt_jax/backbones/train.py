@@ -19,6 +19,7 @@ The run is resumable: the prompt, optimiser state and epoch are saved after ever
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -185,3 +186,43 @@ def train(backbone, clip_params, arch, images: np.ndarray, labels: np.ndarray, c
     log(f"epoch {epoch + 1}/{spec.epochs}: lr {float(lr):.2e}, loss {np.mean(losses):.4f}")
   save_prompt(os.path.join(workdir, "prompt.npz"), state["prompt"])
   return state["prompt"]
+
+
+def training_data(cfg, image_size: int):
+  """The few-shot set: the artwork world's source styles ("artwork_sources") or an image
+  folder of one sub-folder per class ("folder:<path>")."""
+  from metatpt_jax.data import domains
+  if cfg.data.source == "artwork_sources":
+    from metatpt_jax.data.artwork import world
+    return world.source_domain(cfg.data.split, image_size=image_size,
+                               cache_dir=cfg.data.cache_dir or None,
+                               num_classes=cfg.data.num_classes or None, shots=cfg.data.shots,
+                               seed=cfg.seed)
+  if cfg.data.source.startswith("folder:"):
+    return domains.load_domain(f"{cfg.data.source}:clean", image_size=image_size,
+                               seed=cfg.seed)
+  raise UserError(f"data.source {cfg.data.source!r}: give 'artwork_sources' or "
+                  "'folder:<directory of class folders>'.")
+
+
+def run_config(cfg) -> str:
+  """`metatpt-train-prompt`'s run: a config (configs/prompt_train.py) -> the prompt file."""
+  from metatpt_jax.bench import methods
+  from metatpt_jax.clip import checkpoint
+  params, arch = checkpoint.load_clip(cfg.model.checkpoint)
+  backbone = methods.backbone_spec(cfg.prompt)
+  if backbone is None:  # CoOp: the context alone, from prompt.n_ctx / prompt.init
+    from metatpt_jax.backbones import CoOp
+    backbone = CoOp(n_ctx=cfg.prompt.n_ctx, ctx_init=cfg.prompt.init or None)
+  backbone.check(arch)
+  domain = training_data(cfg, arch.vision.image_size)
+  spec = TrainSpec(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in cfg.train.to_dict().items()})
+  os.makedirs(cfg.workdir, exist_ok=True)
+  with open(os.path.join(cfg.workdir, "config.json"), "w") as f:
+    json.dump(dict(config=json.loads(cfg.to_json_best_effort()),
+                   backbone=dataclasses.asdict(backbone), images=len(domain.labels),
+                   classes=len(domain.class_names)), f, indent=1, default=str)
+  train(backbone, params, arch, domain.images, domain.labels, domain.class_names, spec,
+        cfg.workdir, seed=cfg.seed)
+  return os.path.join(cfg.workdir, "prompt.npz")
