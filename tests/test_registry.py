@@ -78,6 +78,15 @@ def _spec_from_plain(kind, plain):
   return registry.get(kind).spec_type(**fields)
 
 
+def _arch_from_plain(plain):
+  from metatpt_jax.clip import config
+  strip = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                     if k != "__type__"}
+  fields = strip(plain)
+  return config.CLIPArch(vision=config.VisionArch(**strip(fields.pop("vision"))),
+                         text=config.TextArch(**strip(fields.pop("text"))), **fields)
+
+
 @pytest.mark.parametrize("settings_file", sorted(RESULTS.glob("*_settings.json")),
                          ids=lambda p: p.name)
 def test_committed_records_keep_their_fingerprints(settings_file):
@@ -93,6 +102,9 @@ def test_committed_records_keep_their_fingerprints(settings_file):
         continue  # an older spec version (fields added since): computed afresh, by design
       spec = _spec_from_plain(method["kind"], method["spec"])
       assert fp_lib.result_fields(spec) == method["spec"], fingerprint
+    # ... and so does the architecture, through today's CLIPArch (fields added since, such as
+    # VisionArch.resnet_layers, are left out at their defaults)
+    assert fp_lib.result_fields(_arch_from_plain(setting["arch"])) == setting["arch"], fingerprint
     assert fp_lib.fingerprint(setting) == fingerprint
     checked += 1
   assert checked >= 10, f"only {checked} of {len(settings)} settings are of today's spec fields"

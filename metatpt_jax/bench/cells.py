@@ -63,7 +63,7 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
               canvas_size=int(cfg.data.get("canvas_size", 0)) if paper else None)
   if paper:  # which label each class name is scored against (a class-name file, label_map)
     data["labels"] = hashlib.sha256(np.asarray(domain.labels, np.int64).tobytes()).hexdigest()[:16]
-  setting = dict(method=method, checkpoint=digest, arch=arch, seed=int(seed),
+  setting = dict(method=method, checkpoint=digest, arch=fp_lib.result_fields(arch), seed=int(seed),
                  compute_dtype=cfg.model.compute_dtype,
                  prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
                  data=data)

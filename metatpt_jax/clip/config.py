@@ -31,6 +31,9 @@ class VisionArch:
   heads: int = 12
   mlp_ratio: int = 4
   resnet_layers: tuple[int, ...] = ()
+  # Added after records were made: left out of a setting's fingerprint while at its default
+  # (`bench.fingerprint.result_fields`), so every ViT record keeps its fingerprint.
+  later_fields = ("resnet_layers",)
 
   @property
   def is_resnet(self) -> bool:
