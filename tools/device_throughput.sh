@@ -13,3 +13,12 @@ timeout 280 "$PY" -m metatpt_jax.bench.throughput --config configs/throughput.py
 timeout 280 "$PY" -m metatpt_jax.bench.throughput --config configs/throughput.py:accelerator \
   --config.compute_dtype=bfloat16 --config.output_dir=runs/throughput_accelerator_bf16 \
   || echo "bf16 run stopped (time limit)"
+# Optional (WITH_BACKBONES=1): TPT and MetaTPT on MaPLe (depth 3) and MMRL beside plain CLIP at
+# 200 classes (issue 26), batches 1 and 8; docs/BACKBONES.md has the CPU figures.
+if [ "${WITH_BACKBONES:-0}" = 1 ]; then
+  for v in clip maple3 mmrl; do
+    timeout 150 "$PY" -m metatpt_jax.bench.throughput --config configs/throughput.py:$v \
+      --config.batch_sizes="(1, 8)" --config.memory_limit_gib=70 \
+      --config.output_dir=runs/throughput_accelerator_$v || echo "$v run stopped (time limit)"
+  done
+fi
