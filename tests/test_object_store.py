@@ -72,20 +72,8 @@ def test_a_run_on_gs_is_killed_resumed_and_equals_the_local_run(setup, tmp_path,
   runner.run(test_tda_bench._cfg(setup, tmp_path / "local"))
   local = _tda_records(records.RecordStore(str(tmp_path / "local")))
 
-  appends = {"n": 0}
-  real_append = records.RecordStore.append
-
-  def append_then_die(self, recs):
-    if recs and recs[0]["method"] == "tda":
-      appends["n"] += 1
-      if appends["n"] == 2:
-        raise KeyboardInterrupt("killed")
-    return real_append(self, recs)
-
-  monkeypatch.setattr(records.RecordStore, "append", append_then_die)
   with pytest.raises(KeyboardInterrupt):
-    runner.run(test_tda_bench._cfg(setup, URL))
-  monkeypatch.setattr(records.RecordStore, "append", real_append)
+    test_tda_bench.run_killed_at_second_tda_batch(test_tda_bench._cfg(setup, URL), monkeypatch)
   parts_before = storage.glob(URL, records.PATTERN)
   text = runner.run(test_tda_bench._cfg(setup, URL))  # resumes from the saved stream state
 

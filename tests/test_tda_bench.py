@@ -34,12 +34,9 @@ def _tda_records(out):
                 if r["method"] == "tda")
 
 
-def test_a_killed_stream_resumes_to_the_uninterrupted_records(setup, tmp_path, monkeypatch):
-  runner.run(_cfg(setup, tmp_path / "whole"))
-  whole = _tda_records(tmp_path / "whole")
-  assert len(whole) == NUM_IMAGES
-
-  # Killed after TDA's second batch's state was saved but before its records were written.
+def run_killed_at_second_tda_batch(cfg, monkeypatch):
+  """runner.run(cfg), killed (KeyboardInterrupt) when TDA's second batch of records is about to
+  be written: after that batch's stream state was saved. `append` is restored afterwards."""
   appends = {"tda": 0}
   real_append = records.RecordStore.append
 
@@ -50,10 +47,19 @@ def test_a_killed_stream_resumes_to_the_uninterrupted_records(setup, tmp_path, m
         raise KeyboardInterrupt("killed")
     return real_append(self, recs)
 
-  monkeypatch.setattr(records.RecordStore, "append", append_then_die)
+  with monkeypatch.context() as patch:
+    patch.setattr(records.RecordStore, "append", append_then_die)
+    runner.run(cfg)
+
+
+def test_a_killed_stream_resumes_to_the_uninterrupted_records(setup, tmp_path, monkeypatch):
+  runner.run(_cfg(setup, tmp_path / "whole"))
+  whole = _tda_records(tmp_path / "whole")
+  assert len(whole) == NUM_IMAGES
+
+  # Killed after TDA's second batch's state was saved but before its records were written.
   with pytest.raises(KeyboardInterrupt):
-    runner.run(_cfg(setup, tmp_path / "cut"))
-  monkeypatch.setattr(records.RecordStore, "append", real_append)
+    run_killed_at_second_tda_batch(_cfg(setup, tmp_path / "cut"), monkeypatch)
   assert len(_tda_records(tmp_path / "cut")) == 4
   saved = sorted(p.name for p in (tmp_path / "cut" / "streams").iterdir())
   assert [name.rsplit("_", 1)[1] for name in saved] == ["4.npz", "8.npz"], saved
