@@ -149,3 +149,23 @@ def test_the_benchmark_runs_on_maple_and_fingerprints_its_prompt(tmp_path):
     assert backbone["name"] == "maple" and backbone["depth"] == 2
     assert backbone["adapt"] == ["ctx", "proj", "deep_text", "deep_proj"]
     assert len(backbone["checkpoint"]) == 16
+
+
+def test_the_backbone_digest_is_read_once_and_follows_the_files_bytes(tmp_path):
+  """The fingerprint's digest of the Dassl file is cached per (path, mtime, size), so every
+  cell of a run reads the file once, and a file rewritten in place gets a new digest."""
+  import os
+  import ml_collections
+  from metatpt_jax.bench import cells, defaults
+  path = tmp_path / "model.pth.tar-2"
+  prompt_cfg = ml_collections.ConfigDict(defaults.prompt_config())
+  prompt_cfg.backbone, prompt_cfg.backbone_checkpoint = "maple", str(path)
+  path.write_bytes(b"first")
+  os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+  first = cells.backbone_setting(prompt_cfg)["checkpoint"]
+  hits = cells._file_digest.cache_info().hits
+  assert cells.backbone_setting(prompt_cfg)["checkpoint"] == first
+  assert cells._file_digest.cache_info().hits == hits + 1
+  path.write_bytes(b"other")  # same size, later modification time
+  os.utime(path, ns=(2_000_000_000, 2_000_000_000))
+  assert cells.backbone_setting(prompt_cfg)["checkpoint"] != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -89,11 +90,20 @@ def backbone_setting(prompt_cfg) -> dict | None:
       raise UserError(f"--config.prompt.backbone_checkpoint={path} does not exist: give the "
                       f"{backbone.name} Dassl file (e.g. .../model.pth.tar-2), or '' for the "
                       "backbone's own init.")
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    stat = os.stat(path)
+    digest = _file_digest(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
   fields = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)}
   fields["adapt"] = tuple(prompt_cfg.get("adapt", ())) or backbone.adapt
   return dict(name=backbone.name, checkpoint=digest, **fields)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+  """sha256[:16] of a file's bytes, read once per (path, modification time, size): every cell
+  of a run fingerprints the same backbone file."""
+  del mtime_ns, size  # part of the cache key only: a rewritten file is read again
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 class Settings:
