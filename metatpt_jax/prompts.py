@@ -8,6 +8,7 @@ positions) are a `PromptBank` of arrays built once on the host; the context is a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -72,7 +73,7 @@ def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | Non
   Args:
     init: words whose token embeddings initialise the context (CoOp/TPT: "a photo of a"; its
       token count must equal n_ctx), or None for N(0, 0.02^2) random vectors (needs `key`), or a
-      path to saved vectors: a `.npz` with a `ctx` array, or a CoOp checkpoint (`.pth`/`.tar`,
+      path to saved vectors: a `.npz` with a `ctx` array, or a CoOp checkpoint (`.pt`/`.pth`/`.tar`, Dassl's `model.pth.tar-50` too;
       `prompt_learner.ctx` in its state dict; torch imported lazily).
   """
   width = arch.text.width
@@ -80,7 +81,7 @@ def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | Non
     if key is None:
       raise ValueError("Random context init needs a PRNG key: pass key=jax.random.key(seed).")
     return 0.02 * jax.random.normal(key, (n_ctx, width))  # CoOp's init std
-  if os.path.splitext(init)[1] in (".npz", ".pth", ".tar", ".pt"):
+  if is_context_file(init):
     ctx = load_context(init)
   else:
     ids = np.asarray(_tokenizer(tokenizer)([init], context_length=arch.text.context_length))[0]
@@ -94,6 +95,16 @@ def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | Non
     raise ValueError(f"Saved context {init!r} has shape {ctx.shape}; this model needs "
                      f"({n_ctx}, {width}). Class-specific (3-D) contexts are not supported.")
   return ctx
+
+
+# A saved context: `.npz`, or a torch file (`.pt`, `.pth`, `.tar`, and Dassl's numbered
+# checkpoints `model.pth.tar-50`).
+_CONTEXT_FILE = re.compile(r"\.(npz|pt|pth|tar)(-\d+)?$")
+
+
+def is_context_file(init: str) -> bool:
+  """Whether `init` names saved context vectors rather than words."""
+  return bool(_CONTEXT_FILE.search(init))
 
 
 def load_context(path: str) -> np.ndarray:

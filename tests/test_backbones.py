@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from metatpt_jax import backbones
+from metatpt_jax import backbones, prompts
 from metatpt_jax.backbones import dassl
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.clip.tokenizer import default_tokenizer
@@ -150,6 +150,13 @@ def test_coop_checkpoint_gives_its_context(hf_reference, tmp_path):
                     {"prompt_learner.ctx": ctx, "prompt_learner.token_prefix": torch.zeros(1)})
   prompt = dassl.load_prompt(path, backbones.get("coop"), params, arch)
   np.testing.assert_array_equal(prompt["ctx"], ctx.numpy())
+  # the benchmark's route: CoOp's own file layout (keys ctx, token_prefix, token_suffix) named
+  # by prompt.init, Dassl's numbered suffix included (configs/paper.py's CoOp file)
+  path = save_dassl(tmp_path / "coop" / "model.pth.tar-50",
+                    {"ctx": ctx, "token_prefix": torch.zeros(1), "token_suffix": torch.zeros(1)})
+  np.testing.assert_array_equal(prompts.init_context(params, arch, n_ctx=4, init=path),
+                                ctx.numpy())
+  assert not prompts.is_context_file("a photo of a")
 
 
 def test_wrong_checkpoints_are_one_clear_line(hf_reference, tmp_path):
@@ -167,6 +174,27 @@ def test_wrong_checkpoints_are_one_clear_line(hf_reference, tmp_path):
     dassl.load_prompt(path, backbones.get("maple", depth=2), params, arch)
   with pytest.raises(UserError, match="does not exist"):
     dassl.load_prompt(str(tmp_path / "none.pth.tar"), backbones.get("coop"), params, arch)
+  # one of our .npz prompts with a tensor missing is named whole, not found later as a KeyError
+  from metatpt_jax.backbones import train
+  maple2 = backbones.get("maple", depth=2)
+  partial = dassl.load_prompt(save_dassl(tmp_path / "ok.pth.tar-2", maple_state(arch, depth=2)),
+                              maple2, params, arch)
+  del partial["deep_text"]
+  train.save_prompt(str(tmp_path / "partial.npz"), partial)
+  with pytest.raises(UserError, match="a maple prompt is .*'deep_text'"):
+    dassl.load_prompt(str(tmp_path / "partial.npz"), maple2, params, arch)
+
+
+def test_a_depth_one_maple_file_loads(hf_reference, tmp_path):
+  """Depth 1 (no layer-wise prompts) is allowed by MaPLe and by our spec: its file loads to
+  empty layer stacks of the shapes the backbone's own depth-1 init has."""
+  ref = hf_reference("tiny")
+  params, arch = checkpoint.load_clip(ref.directory)
+  maple1 = backbones.get("maple", depth=1)
+  prompt = dassl.load_prompt(save_dassl(tmp_path / "m.pth.tar-2", maple_state(arch, depth=1)),
+                             maple1, params, arch)
+  assert prompt["deep_text"].shape == (0, 2, arch.text.width)
+  assert prompt["deep_proj"]["kernel"].shape == (0, arch.text.width, arch.vision.width)
   with pytest.raises(UserError, match="no field depht"):
     backbones.get("maple", depht=3)
 
@@ -185,6 +213,7 @@ def test_paper_configs_run_each_backbone_as_its_authors_do():
   assert paper.get_config("imagenet,main,mmrl").prompt.mmrl.alpha == 0.7  # fused on ImageNet
   c = paper.get_config("imagenet_r,tpt,coop")
   assert c.prompt.init.endswith("prompt_learner/model.pth.tar-50") and not c.prompt.backbone
+  assert prompts.is_context_file(c.prompt.init)  # read as a file, not tokenised as words
   with pytest.raises(ValueError, match="Backbones: clip, coop, maple, mmrl"):
     paper.get_config("dtd,tpt,maple,mmrl")
   # TDA reads the backbone's class features, not CLIP's template ensemble

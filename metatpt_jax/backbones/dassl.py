@@ -59,7 +59,11 @@ def _maple(state, backbone) -> dict:
   if deep != backbone.depth - 1:
     raise UserError(f"This MaPLe checkpoint has prompt depth {deep + 1}; the backbone asks for "
                     f"{backbone.depth}: set the backbone's depth to {deep + 1}.")
-  return {"ctx": ctx, "proj": _linear(state, f"{p}.proj"),
+  proj = _linear(state, f"{p}.proj")
+  if not deep:  # depth 1: no layer-wise prompts, empty stacks of the right trailing shapes
+    return {"ctx": ctx, "proj": proj, "deep_text": np.zeros((0, *np.shape(ctx)), np.float32),
+            "deep_proj": {k: np.zeros((0, *np.shape(v)), np.float32) for k, v in proj.items()}}
+  return {"ctx": ctx, "proj": proj,
           "deep_text": np.stack([state[f"{p}.compound_prompts_text.{i}"] for i in range(deep)]),
           "deep_proj": _stack([_linear(state, f"{p}.compound_prompt_projections", i)
                                for i in range(deep)])}
@@ -105,10 +109,13 @@ def load_prompt(path: str, backbone, clip_params, arch: CLIPArch) -> dict:
     raise UserError(f"{path} has no {err.args[0]!r}: is it a {backbone.name} checkpoint? Its "
                     f"keys start {', '.join(sorted(state)[:4])}.") from None
   want = jax.eval_shape(lambda: backbone.init(clip_params, arch, jax.random.key(0)))
-  for (path_, got), expected in zip(jax.tree_util.tree_leaves_with_path(prompt),
-                                    jax.tree.leaves(want)):
-    if got.shape != expected.shape:
-      name = jax.tree_util.keystr(path_)
-      raise UserError(f"{path}: {backbone.name} tensor {name} has shape {got.shape}; this CLIP "
-                      f"and backbone need {expected.shape}.")
+  got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(prompt)}
+  need = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(want)}
+  if set(got) != set(need):
+    raise UserError(f"{path} holds tensors {sorted(got)}; a {backbone.name} prompt is "
+                    f"{sorted(need)}: is it a {backbone.name} file with these settings?")
+  for name, expected in need.items():
+    if np.shape(got[name]) != expected.shape:
+      raise UserError(f"{path}: {backbone.name} tensor {name} has shape {np.shape(got[name])}; "
+                      f"this CLIP and backbone need {expected.shape}.")
   return jax.tree.map(lambda x: np.asarray(x, np.float32), prompt)
