@@ -73,8 +73,9 @@ def init_context(clip_params, arch: CLIPArch, *, n_ctx: int = 4, init: str | Non
   Args:
     init: words whose token embeddings initialise the context (CoOp/TPT: "a photo of a"; its
       token count must equal n_ctx), or None for N(0, 0.02^2) random vectors (needs `key`), or a
-      path to saved vectors: a `.npz` with a `ctx` array, or a CoOp checkpoint (`.pt`/`.pth`/`.tar`, Dassl's `model.pth.tar-50` too;
-      `prompt_learner.ctx` in its state dict; torch imported lazily).
+      path to saved vectors: a `.npz` with a `ctx` array, or a CoOp checkpoint (`.pt`, `.pth`,
+      `.tar`, Dassl's `model.pth.tar-50`; `ctx` or `prompt_learner.ctx` in its state dict;
+      torch imported lazily).
   """
   width = arch.text.width
   if init is None:
