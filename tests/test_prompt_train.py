@@ -88,3 +88,50 @@ def test_training_lowers_the_loss_and_the_schedule_is_dassls(setup, tmp_path):
   assert [round(train.epoch_lr(maple, e), 7) for e in range(2)] == [1e-5, 0.0026]
   coop = train.AUTHORS["coop"]
   assert train.epoch_lr(coop, 49) == pytest.approx(0.002 * 0.5 * (1 + np.cos(np.pi * 48 / 50)))
+
+
+class _DasslConstantWarmup:
+  """Dassl's ConstantWarmupScheduler as its code behaves (a transcription for this test): a
+  torch LRScheduler at the constant lr for `warmup_epoch` steps that, once past them, steps its
+  successor (created first, so already at its epoch 0) instead of itself."""
+
+  def __new__(cls, optimizer, successor, warmup_epoch, cons_lr):
+    import torch
+
+    class Warmup(torch.optim.lr_scheduler.LRScheduler):
+      def __init__(self):
+        self.successor, self.warmup_epoch = successor, warmup_epoch
+        super().__init__(optimizer)
+
+      def get_lr(self):
+        if self.last_epoch >= self.warmup_epoch:
+          return self.successor.get_last_lr()
+        return [cons_lr for _ in self.base_lrs]
+
+      def step(self, epoch=None):
+        if self.last_epoch >= self.warmup_epoch:
+          self.successor.step(epoch)
+          self._last_lr = self.successor.get_last_lr()
+        else:
+          super().step(epoch)
+
+    return Warmup()
+
+
+@pytest.mark.parametrize("name", ["coop", "maple"])
+def test_epoch_lr_is_dassls_warmup_and_cosine_in_torch(name):
+  """train.epoch_lr against torch's CosineAnnealingLR(T_max=epochs) wrapped in Dassl's
+  constant warm-up (stepped once per epoch after the epoch, as Dassl's trainer does)."""
+  import torch
+  spec = train.AUTHORS[name]
+  opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.lr, momentum=0.9)
+  cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spec.epochs)
+  sched = _DasslConstantWarmup(opt, cosine, spec.warmup_epochs, spec.warmup_lr)
+  torch_lrs = []
+  for _ in range(spec.epochs):
+    torch_lrs.append(opt.param_groups[0]["lr"])
+    opt.step()
+    sched.step()
+  ours = [train.epoch_lr(spec, e) for e in range(spec.epochs)]
+  np.testing.assert_allclose(ours, torch_lrs, rtol=1e-9, atol=1e-12)
+  assert torch_lrs[0] == spec.warmup_lr and torch_lrs[1] == pytest.approx(spec.lr)
