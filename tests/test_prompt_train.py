@@ -10,6 +10,7 @@ from metatpt_jax import backbones
 from metatpt_jax.backbones import dassl, train
 from metatpt_jax.bench import methods
 from metatpt_jax.clip import checkpoint, config, model
+from metatpt_jax.errors import UserError
 from metatpt_jax.pretrain import state_io
 from tests.config_files import config_module
 
@@ -71,6 +72,18 @@ def test_each_backbone_trains_and_a_cut_run_resumes_to_the_same_prompt(setup, tm
   assert min(jax.tree.leaves(moved)) > 0, moved
   loaded = dassl.load_prompt(whole, backbone, params, arch)
   jax.tree.map(np.testing.assert_array_equal, loaded, a)
+  if name == "coop":  # the benchmark reads CoOp's context through prompt.init
+    from metatpt_jax import prompts
+    np.testing.assert_array_equal(prompts.init_context(params, arch, n_ctx=4, init=whole), a["ctx"])
+
+
+@pytest.mark.parametrize("field,value", [("adapt", ("ctx",)), ("backbone_checkpoint", "x.npz")])
+def test_the_benchmarks_prompt_fields_are_refused_by_training(setup, tmp_path, field, value):
+  cfg = _cfg(setup, "maple", tmp_path)
+  cfg.prompt[field] = value
+  with pytest.raises(UserError, match=f"prompt.{field} is the benchmark's"):
+    train.run_config(cfg)
+  assert not (tmp_path / "config.json").exists()  # refused before anything is written
 
 
 def test_training_lowers_the_loss_and_the_schedule_is_dassls(setup, tmp_path):

@@ -14,7 +14,7 @@ As the authors' `trainers/mmrl.py` and `clip/model_mmrl.py` build it (ViT-B/16 s
   the constant scale 100: alpha 0.7 on base classes, ImageNet and few-shot; 1.0 (class token
   only) on novel classes and cross-dataset targets, the default here.
 No public code tunes MMRL at test time. Ours adapts the shared tokens `rep` alone (`adapt`): the
-5 x 512 analogue of TPT's context, feeding both towers, while the 4.4 M mapping parameters
+5 x 512 analogue of TPT's context, feeding both towers, while the 4.6 M mapping parameters
 learned from few shots stay as trained (one entropy step on them per image would move millions
 of parameters from one image). Other choices are the `adapt` field.
 """

@@ -209,6 +209,11 @@ def run_config(cfg) -> str:
   """`metatpt-train-prompt`'s run: a config (configs/prompt_train.py) -> the prompt file."""
   from metatpt_jax.bench import methods
   from metatpt_jax.clip import checkpoint
+  for field in ("adapt", "backbone_checkpoint"):  # the benchmark's fields, not training's
+    if cfg.prompt.get(field):
+      raise UserError(f"--config.prompt.{field} is the benchmark's (what test-time tuning "
+                      "adapts / which trained prompt it loads); training starts from the "
+                      "backbone's own init and trains every tensor: leave it unset here.")
   params, arch = checkpoint.load_clip(cfg.model.checkpoint)
   backbone = methods.backbone_spec(cfg.prompt)
   if backbone is None:  # CoOp: the context alone, from prompt.n_ctx / prompt.init
