@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from metatpt_jax import backbones, losses, metatpt, registry, tpt
@@ -63,10 +64,12 @@ def test_tpt_tunes_every_adapted_tensor(name):
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_tpt_gradient_on_the_kept_views_alone_is_every_views_gradient(name, x64):
-  """In float64, so that equality is checked to 1e-9, not to float32 round-off."""
+  """The library's TPT step (tune_prompt_on_views: kept views alone on the gradient pass)
+  equals one AdamW step on the authors' gradient (every view encoded with gradient, then the
+  confident ones selected); in float64, so equality is checked to 1e-9, not fp32 round-off."""
   frozen, mspec = backbone_frozen(name, dtype=jnp.float64)
   views = TPT.make_views(h.random_images(0, 1)[0].astype(jnp.float64), jax.random.key(3))
-  _, metrics = tpt.tune_prompt_on_views(frozen, views, TPT, mspec)
+  tuned, metrics = tpt.tune_prompt_on_views(frozen, views, TPT, mspec)
 
   def every_view(ctx):  # the authors' way: every view's features with gradient, then select
     text = class_features(frozen, ctx, mspec)
@@ -82,6 +85,11 @@ def test_tpt_gradient_on_the_kept_views_alone_is_every_views_gradient(name, x64)
   assert min(_nonzero_everywhere(got).values()) > 0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9,
                                                        atol=1e-12 * np.abs(a).max()), want, got)
+  assert TPT.steps == 1
+  opt = tpt.make_optimizer(TPT.lr, TPT.b1, TPT.b2, TPT.eps, TPT.weight_decay)
+  step, _ = opt.update(want, opt.init(frozen.ctx_init), frozen.ctx_init)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-15),
+               optax.apply_updates(frozen.ctx_init, step), tuned)
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
