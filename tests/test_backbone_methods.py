@@ -163,7 +163,9 @@ def test_the_backbone_digest_is_read_once_and_follows_the_files_bytes(tmp_path):
   """The fingerprint's digest of the Dassl file is cached per (path, mtime, size), so every
   cell of a run reads the file once, and a file rewritten in place gets a new digest."""
   import os
+
   import ml_collections
+
   from metatpt_jax.bench import cells, defaults
   path = tmp_path / "model.pth.tar-2"
   prompt_cfg = ml_collections.ConfigDict(defaults.prompt_config())
