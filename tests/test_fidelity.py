@@ -1,6 +1,8 @@
 """Fidelity to the authors' code (docs/REPRODUCING.md, "Fidelity to the authors' code"): TDA's
 per-dataset settings, Food101's published label map, the fp16 and accelerator policies, and the
 platform in the fingerprint."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -164,3 +166,28 @@ def test_food101_published_label_map_swaps_cheesecake_and_cheese_plate(tmp_path)
   assert benchmarks.load_classes("dtd", label_map="published") == benchmarks.load_classes("dtd")
   with pytest.raises(benchmarks.ClassNamesError, match="label_map"):
     benchmarks.load_classes("food101", label_map="tpt")
+
+
+def test_a_saved_context_enters_the_fingerprint_by_its_bytes(tmp_path):
+  """CoOp's context named by prompt.init: a file retrained under the same name is a new setting
+  (its digest is in the setting); words keep the setting they had (no digest); a missing file
+  is one line."""
+  from metatpt_jax.bench import fingerprint, methods
+  from metatpt_jax.data.labelled import Domain
+  from metatpt_jax.errors import UserError
+  cfg = _paper_config("dtd,tpt")
+  kind, spec = methods.method_spec(cfg.methods.tpt)
+  arch = config.get_arch("tiny")
+  domain = Domain("paper:dtd", np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2, np.int32), ["a"])
+  setting = lambda: runner.cell_setting(cfg, "tpt", kind, spec, domain, 0, "w", arch)
+  assert "init_sha256" not in setting()["prompt"]  # words: as before
+  path = tmp_path / "model.pth.tar-50"
+  cfg.prompt.init = str(path)
+  with pytest.raises(UserError, match="prompt.init=.* does not exist"):
+    setting()
+  prints = []
+  for i, contents in enumerate((b"first", b"other")):
+    path.write_bytes(contents)
+    os.utime(path, ns=(10**9 * (i + 1),) * 2)
+    prints.append(fingerprint.fingerprint(setting()))
+  assert prints[0] != prints[1]

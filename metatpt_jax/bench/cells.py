@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from metatpt_jax import registry
+from metatpt_jax import prompts, registry
 from metatpt_jax.bench import fingerprint as fp_lib
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import records as records_lib
@@ -68,6 +68,9 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
                  compute_dtype=cfg.model.compute_dtype,
                  prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
                  data=data)
+  init_digest = context_file_digest(cfg.prompt.init)
+  if init_digest is not None:  # a saved context (CoOp): its bytes, not only its path
+    setting["prompt"]["init_sha256"] = init_digest
   backbone = backbone_setting(cfg.prompt)
   if backbone is not None:  # absent for plain CLIP: its records keep their fingerprints
     setting["prompt"] = dict(backbone=backbone)
@@ -75,6 +78,18 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
   if platform is not None:
     setting["platform"] = platform
   return setting
+
+
+def context_file_digest(init) -> str | None:
+  """sha256[:16] of the context file `prompt.init` names (CoOp's vectors), None for words: a
+  context retrained under the same file name makes a new setting."""
+  if not init or not prompts.is_context_file(init):
+    return None
+  if not os.path.isfile(init):
+    raise UserError(f"--config.prompt.init={init} does not exist: give a saved context (.npz "
+                    "with `ctx`, or CoOp's prompt_learner/model.pth.tar-N) or the words.")
+  stat = os.stat(init)
+  return _file_digest(os.path.abspath(init), stat.st_mtime_ns, stat.st_size)
 
 
 def backbone_setting(prompt_cfg) -> dict | None:
