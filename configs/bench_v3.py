@@ -146,17 +146,19 @@ def _demo(c):
 # published settings on every test image, 3 seeds, one output directory; the backbones trained
 # on the source styles alone (configs/prompt_train.py), their prompts in PROMPTS_V3. CLIP's rows
 # are `test`'s own (the same fingerprints: its records are reused where present).
+# `backbones_coop_authors_crops`: CoOp trained with the authors' crops, the first CoOp run
+# (configs/prompt_train.py says why the crops were then chosen on development data).
 PROMPTS_V3 = "checkpoints/prompts_v3"
 
 
-def _backbone_table(c, name):
+def _backbone_table(c, name, prompts=PROMPTS_V3):
   _test(c)
   c.methods = {"zero_shot": defaults.method_config("zero_shot"), "tpt": defaults.tpt_method(),
                "metatpt": defaults.metatpt_method()}
   if name == "coop":
-    c.prompt.init = f"{PROMPTS_V3}/coop.npz"
+    c.prompt.init = f"{prompts}/coop.npz"
   elif name != "clip":
-    c.prompt.backbone, c.prompt.backbone_checkpoint = name, f"{PROMPTS_V3}/{name}.npz"
+    c.prompt.backbone, c.prompt.backbone_checkpoint = name, f"{prompts}/{name}.npz"
     c.prompt[name].update(defaults.V3_BACKBONES[name])
   c.output_dir = "runs/bench_v3_backbones"
 
@@ -165,7 +167,9 @@ VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev,
             "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test,
             "test_ablations": _test_ablations, "demo": _demo,
             **{f"backbones_{name}": (lambda c, name=name: _backbone_table(c, name))
-               for name in ("clip", "coop", "maple", "mmrl")}}
+               for name in ("clip", "coop", "maple", "mmrl")},
+            "backbones_coop_authors_crops": lambda c: _backbone_table(
+                c, "coop", f"{PROMPTS_V3}/authors_crops")}
 
 
 def get_config(arg: str = "levels"):
