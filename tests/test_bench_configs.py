@@ -1,10 +1,12 @@
 """Every variant of the offline benchmark configs builds, validates and names valid methods, and
 the chosen-settings budget rule gives every method the same views and the same grid."""
+import os
+
 import pytest
 
 from metatpt_jax.bench import methods as methods_lib
 from metatpt_jax.bench import runner
-from tests.config_files import config_module
+from tests.config_files import ROOT, config_module
 
 V2 = config_module("bench_v2")
 V2_VARIANTS = ("levels", "dev", "dev_metatpt", "dev_steps", "dev_budget", "demo", "test",
@@ -74,12 +76,15 @@ def test_every_v3_variant_validates_and_reads_its_split(variant):
   assert cfg.data.split == ("dev" if dev else "test")
   assert all(d.startswith("artwork:") for d in cfg.data.domains)
   # the pretraining's caption, except the backbone table's CoOp row (its trained context)
-  want = "checkpoints/prompts_v3/coop.npz" if variant == "backbones_coop" else "an emoji of"
-  assert cfg.prompt.init == want and cfg.prompt.n_ctx == 3
+  want = {"backbones_coop": "checkpoints/prompts_v3/coop.npz",
+          "backbones_coop_authors_crops": "checkpoints/prompts_v3/authors_crops/coop.npz"}
+  assert cfg.prompt.init == want.get(variant, "an emoji of") and cfg.prompt.n_ctx == 3
   if variant.startswith("backbones_"):
     assert cfg.output_dir == "runs/bench_v3_backbones" and cfg.seeds == (0, 1, 2)
-    backbone = variant.removeprefix("backbones_")
+    backbone = variant.removeprefix("backbones_").removesuffix("_authors_crops")
     assert cfg.prompt.backbone == ("" if backbone in ("clip", "coop") else backbone)
+    for path in (cfg.prompt.init, cfg.prompt.backbone_checkpoint):  # the committed prompts
+      assert not path.endswith(".npz") or os.path.isfile(os.path.join(ROOT, path)), path
 
 
 def test_v3_metatpt_variants_each_change_one_thing_of_the_reconstruction():
