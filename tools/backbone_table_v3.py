@@ -1,0 +1,91 @@
+"""World v3's backbone table from per-sample records: per backbone (CLIP, CoOp, MaPLe, MMRL), its
+zero-shot accuracy and TPT's and MetaTPT's paired differences against it (and MetaTPT - TPT).
+
+    python tools/backbone_table_v3.py                      # the committed records
+    python tools/backbone_table_v3.py --records runs/bench_v3_backbones/samples.jsonl \\
+        --settings runs/bench_v3_backbones/settings.json   # a run of one's own
+
+Each record's backbone is read from its setting (settings.json: fingerprint -> setting): a
+`prompt.backbone` (MaPLe, MMRL), a saved context file (CoOp) or neither (CLIP's own words).
+Only complete cells count; a backbone/method run under two settings (e.g. prompts retrained) is
+refused, so a table never mixes them. Differences are paired per image (seeds averaged per
+image), with 95 % normal intervals over images, as `metatpt_jax.bench.summarize` reports them.
+"""
+import argparse
+import collections
+import json
+import pathlib
+
+from metatpt_jax import prompts
+from metatpt_jax.bench import report, summarize
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+DEFAULT = [("bench_v3_test_samples.jsonl", "bench_v3_test_settings.json"),
+           ("bench_v3_backbones_samples.jsonl", "bench_v3_backbones_settings.json")]
+BACKBONES = ("clip", "coop", "maple", "mmrl")
+METHODS = ("zero_shot", "tpt", "metatpt")
+
+
+def backbone_of(setting: dict) -> str:
+  prompt = setting.get("prompt", {})
+  if "backbone" in prompt:
+    return prompt["backbone"]["name"]
+  init = prompt.get("init") or ""
+  return "coop" if prompt.get("init_sha256") or prompts.is_context_file(init) else "clip"
+
+
+def load(pairs) -> dict:
+  """{backbone: complete records of METHODS}, each (backbone, method) of a single setting."""
+  by_backbone, seen = collections.defaultdict(list), collections.defaultdict(set)
+  for samples, settings_path in pairs:
+    settings = json.loads(pathlib.Path(settings_path).read_text())
+    recs = [json.loads(line) for line in open(samples)]
+    recs = [r for r in recs if r["method"] in METHODS and r["fingerprint"] in settings]
+    ids = summarize.method_setting_ids(settings)
+    for r in summarize.complete_records(recs, settings=settings):
+      name = backbone_of(settings[r["fingerprint"]])
+      seen[(name, r["method"])].add(ids[r["fingerprint"]])
+      by_backbone[name].append(r)
+  mixed = {k: v for k, v in seen.items() if len(v) > 1}
+  if mixed:
+    raise SystemExit(f"{sorted(mixed)} ran under several settings in these records; give "
+                     "records of one setting each (e.g. the run's own output folder only).")
+  return by_backbone
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--records", action="append", default=[])
+  parser.add_argument("--settings", action="append", default=[])
+  args = parser.parse_args()
+  if len(args.records) != len(args.settings):
+    parser.error("give one --settings per --records")
+  pairs = (list(zip(args.records, args.settings)) if args.records
+           else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT])
+  by_backbone = load(pairs)
+  domains = sorted({r["domain"] for recs in by_backbone.values() for r in recs})
+  cols = [d.removeprefix("artwork:") for d in domains] + ["mean"]
+  print("| backbone | row | " + " | ".join(cols) + " |")
+  print("|---" * (len(cols) + 2) + "|")
+  for name in BACKBONES:
+    recs = by_backbone.get(name)
+    if not recs:
+      print(f"| {name} | (no complete cells) |" + " |" * len(cols))
+      continue
+    table = report.summary(report.aggregate(recs), ["zero_shot"], domains)["zero_shot"]
+    acc = [f"{table[f'{d}/acc'][0]:.1f}" if f"{d}/acc" in table else "" for d in domains]
+    acc.append(f"{table['mean/acc'][0]:.1f}" if "mean/acc" in table else "")
+    print(f"| {name} | zero-shot (acc %) | " + " | ".join(acc) + " |")
+    rows = [("tpt", "zero_shot", "TPT - zero-shot"), ("metatpt", "zero_shot",
+                                                      "MetaTPT - zero-shot"),
+            ("metatpt", "tpt", "MetaTPT - TPT")]
+    for method, baseline, label in rows:
+      diff = report.paired_differences(recs, [method], domains, baseline).get(method, {})
+      cells = [f"{diff[c][0]:+.1f} ± {diff[c][1]:.1f}" if c in diff else ""
+               for c in domains + ["mean"]]
+      print(f"| {name} | {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()
