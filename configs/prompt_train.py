@@ -15,11 +15,12 @@ cross-dataset settings (`backbones.train.AUTHORS`); the sizes follow small_clip_
 (`defaults.V3_BACKBONES`). The trained prompts are committed as checkpoints/prompts_v3/*.npz.
 
 One setting is not the authors': the random crops' scale range. Their (0.08, 1) was made for
-224-px photographs; on 48-px icons a crop of 8 % of the area is 13 px of a picture. It is chosen
+224-px photographs; on 48-px icons a crop of 8 % of the area is about 14 px a side. It is chosen
 per backbone on development data (CROP_SCALE below) from (0.08, 1), (0.5, 1) and (1, 1): the
 highest mean zero-shot accuracy over the development domains of configs/bench_v3.py:dev
-(tools/backbone_fit_v3.py; other classes and styles than training and test). `<name>,authors_crops`
-trains with the authors' crops (checkpoints/prompts_v3/authors_crops/).
+(tools/backbone_fit_v3.py; the held-out styles, as the test domains, but the development
+split's classes, none of training's or test's). `<name>,authors_crops` trains with the authors'
+crops (checkpoints/prompts_v3/authors_crops/).
 """
 import ml_collections
 
@@ -38,7 +39,7 @@ CROP_SCALE = {"coop": (1.0, 1.0), "maple": (1.0, 1.0), "mmrl": (0.5, 1.0)}
 def get_config(arg: str = "maple"):
   arg, _, recipe = arg.partition(",")
   if arg not in BACKBONES or recipe not in ("", "authors_crops"):
-    raise ValueError(f"Unknown variant {arg!r}{',' + recipe if recipe else ''}; valid: "
+    raise ValueError(f"Unknown variant {','.join(filter(None, (arg, recipe)))!r}; valid: "
                      f"{', '.join(map(repr, BACKBONES))}, each optionally ',authors_crops'.")
   c = ml_collections.ConfigDict()
   c.model = dict(checkpoint="checkpoints/small_clip_v3")

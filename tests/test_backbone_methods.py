@@ -160,8 +160,9 @@ def test_the_benchmark_runs_on_maple_and_fingerprints_its_prompt(tmp_path):
 
 
 def test_the_backbone_digest_is_read_once_and_follows_the_files_bytes(tmp_path):
-  """The fingerprint's digest of the Dassl file is cached per (path, mtime, size), so every
-  cell of a run reads the file once, and a file rewritten in place gets a new digest."""
+  """The fingerprint's digest of the Dassl file is cached per version of the file (inode,
+  size, times), so every cell of a run reads it once, and a file rewritten in place gets a new
+  digest."""
   import os
 
   import ml_collections

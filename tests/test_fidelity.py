@@ -170,8 +170,8 @@ def test_food101_published_label_map_swaps_cheesecake_and_cheese_plate(tmp_path)
 
 def test_a_saved_context_enters_the_fingerprint_by_its_bytes(tmp_path):
   """CoOp's context named by prompt.init: a file retrained under the same name is a new setting
-  (its digest is in the setting); words keep the setting they had (no digest); a missing file
-  is one line."""
+  (its digest is in the setting); words add no digest (their settings are as before); a missing
+  file is one line."""
   from metatpt_jax.bench import fingerprint, methods
   from metatpt_jax.data.labelled import Domain
   from metatpt_jax.errors import UserError

@@ -91,7 +91,9 @@ def _arch_from_plain(plain):
                          ids=lambda p: p.name)
 def test_committed_records_keep_their_fingerprints(settings_file):
   """Every setting behind the committed records rebuilds, through today's spec types, to the
-  same plain form and fingerprint: old records stay reusable (resume) and attributable."""
+  same plain form and fingerprint: old records stay attributable, and reusable (resume) where
+  today's setting of their run is the same (not, e.g., the first CoOp run's records: a saved
+  context's digest entered the setting after them)."""
   settings = json.loads(settings_file.read_text())
   checked = 0
   for fingerprint, setting in settings.items():

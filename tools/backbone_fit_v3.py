@@ -11,22 +11,25 @@
 `--prompt NAME=FILE` adds a row for backbone NAME with another trained prompt (e.g. one trained
 with other crops by `metatpt-train-prompt --config.train.crop_scale=...`).
 
-A diagnostic beside the backbone table (docs/BACKBONES.md): no setting is chosen from it, and
-the test split's held-out styles are never read (the fit set is the training set).
+What the few-shot crop scale was chosen by (configs/prompt_train.py: the highest "dev"), and a
+diagnostic beside the backbone table (docs/BACKBONES.md); the test split's classes are read
+only as the training set (the fit set), never in the held-out styles.
 """
 import argparse
+import os
 import pathlib
 
 import jax
 import numpy as np
 
-from metatpt_jax import cli_util, registry
+from metatpt_jax import cli_util, prompts, registry
 from metatpt_jax.bench import methods
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.data import domains
 from metatpt_jax.data.artwork import world
 
-CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "bench_v3.py")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "bench_v3.py")
 NAMES = ("clip", "coop", "maple", "mmrl")
 
 
@@ -56,17 +59,24 @@ def main():
   parser.add_argument("--prompt", action="append", default=[], metavar="NAME=FILE",
                       help="an extra row: backbone NAME (coop, maple, mmrl) with the prompt FILE")
   args = parser.parse_args()
+  if args.num_images < 1:
+    parser.error(f"--num-images {args.num_images}: give at least 1.")
   configs = {n: cli_util.sibling_config(CONFIG, "bench_v3", f"backbones_{n}") for n in NAMES}
   for extra in args.prompt:
     name, _, path = extra.partition("=")
     if name not in NAMES[1:] or not path:
       parser.error(f"--prompt {extra!r}: give NAME=FILE with NAME one of {NAMES[1:]}.")
+    if not os.path.isfile(path) or not prompts.is_context_file(path):
+      parser.error(f"--prompt {extra!r}: {path} is not a prompt file (.npz, or a Dassl "
+                   "checkpoint .pth/.tar-N).")
+    path = os.path.abspath(path)
     cfg = cli_util.sibling_config(CONFIG, "bench_v3", f"backbones_{name}")
     if name == "coop":
       cfg.prompt.init = path
     else:
       cfg.prompt.backbone_checkpoint = path
-    configs[f"{name} ({path})"] = cfg
+    configs[f"{name} ({os.path.relpath(path, ROOT)})"] = cfg
+  os.chdir(ROOT)  # the configs name the checkpoint and prompts relative to the repository
   params, arch = checkpoint.load_clip(configs["clip"].model.checkpoint)
   size = arch.vision.image_size
   sets = {"fit": [world.source_domain("test", image_size=size, num_classes=200, shots=16)]}

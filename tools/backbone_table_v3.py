@@ -7,8 +7,9 @@ zero-shot accuracy and TPT's and MetaTPT's paired differences against it (and Me
 
 Each record's backbone is read from its setting (settings.json: fingerprint -> setting): a
 `prompt.backbone` (MaPLe, MMRL), a saved context file (CoOp) or neither (CLIP's own words).
-Only complete cells count; a backbone/method run under two settings (e.g. prompts retrained) is
-refused, so a table never mixes them. Differences are paired per image (seeds averaged per
+Only complete cells count, each record once (a record found in two files, e.g. CLIP's in the
+main test records and in a backbone run's folder, counts once); a backbone/method run under two
+settings (e.g. prompts retrained) is refused, so a table never mixes them. Differences are paired per image (seeds averaged per
 image), with 95 % normal intervals over images, as `metatpt_jax.bench.summarize` reports them.
 """
 import argparse
@@ -38,12 +39,20 @@ def backbone_of(setting: dict) -> str:
 def load(pairs) -> dict:
   """{backbone: complete records of METHODS}, each (backbone, method) of a single setting."""
   by_backbone, seen = collections.defaultdict(list), collections.defaultdict(set)
+  counted = set()
   for samples, settings_path in pairs:
-    settings = json.loads(pathlib.Path(settings_path).read_text())
-    recs = [json.loads(line) for line in open(samples)]
+    try:
+      settings = json.loads(pathlib.Path(settings_path).read_text())
+      recs = [json.loads(line) for line in open(samples)]
+    except (OSError, ValueError) as err:
+      raise SystemExit(f"backbone_table_v3: cannot read {samples} / {settings_path}: {err}") from None
     recs = [r for r in recs if r["method"] in METHODS and r["fingerprint"] in settings]
     ids = summarize.method_setting_ids(settings)
     for r in summarize.complete_records(recs, settings=settings):
+      key = (r["fingerprint"], r["method"], r["domain"], r["seed"], r["index"])
+      if key in counted:
+        continue
+      counted.add(key)
       name = backbone_of(settings[r["fingerprint"]])
       seen[(name, r["method"])].add(ids[r["fingerprint"]])
       by_backbone[name].append(r)
@@ -62,7 +71,8 @@ def main():
   if len(args.records) != len(args.settings):
     parser.error("give one --settings per --records")
   pairs = (list(zip(args.records, args.settings)) if args.records
-           else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT])
+           else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT
+                 if (RESULTS / s).exists() or s == DEFAULT[0][0]])
   by_backbone = load(pairs)
   domains = sorted({r["domain"] for recs in by_backbone.values() for r in recs})
   cols = [d.removeprefix("artwork:") for d in domains] + ["mean"]

@@ -88,8 +88,7 @@ def context_file_digest(init) -> str | None:
   if not os.path.isfile(init):
     raise UserError(f"--config.prompt.init={init} does not exist: give a saved context (.npz "
                     "with `ctx`, or CoOp's prompt_learner/model.pth.tar-N) or the words.")
-  stat = os.stat(init)
-  return _file_digest(os.path.abspath(init), stat.st_mtime_ns, stat.st_size)
+  return file_digest(init)
 
 
 def backbone_setting(prompt_cfg) -> dict | None:
@@ -105,18 +104,23 @@ def backbone_setting(prompt_cfg) -> dict | None:
       raise UserError(f"--config.prompt.backbone_checkpoint={path} does not exist: give the "
                       f"{backbone.name} Dassl file (e.g. .../model.pth.tar-2), or '' for the "
                       "backbone's own init.")
-    stat = os.stat(path)
-    digest = _file_digest(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    digest = file_digest(path)
   fields = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)}
   fields["adapt"] = tuple(prompt_cfg.get("adapt", ())) or backbone.adapt
   return dict(name=backbone.name, checkpoint=digest, **fields)
 
 
+def file_digest(path: str) -> str:
+  """sha256[:16] of a file's bytes, read once per version of the file: every cell of a run
+  fingerprints the same prompt file."""
+  stat = os.stat(path)
+  return _file_digest(os.path.abspath(path),
+                      (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
 @functools.lru_cache(maxsize=32)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:
-  """sha256[:16] of a file's bytes, read once per (path, modification time, size): every cell
-  of a run fingerprints the same backbone file."""
-  del mtime_ns, size  # part of the cache key only: a rewritten file is read again
+def _file_digest(path: str, version: tuple) -> str:
+  del version  # part of the cache key only: a rewritten or replaced file is read again
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
