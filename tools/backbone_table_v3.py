@@ -92,6 +92,8 @@ def main():
             ("metatpt", "tpt", "MetaTPT - TPT")]
     for method, baseline, label in rows:
       diff = report.paired_differences(recs, [method], domains, baseline).get(method, {})
+      if not all(d in diff for d in domains):  # a mean over the domains present would mislead
+        diff.pop("mean", None)
       cells = [f"{diff[c][0]:+.1f} ± {diff[c][1]:.1f}" if c in diff else ""
                for c in domains + ["mean"]]
       print(f"| {name} | {label} | " + " | ".join(cells) + " |")
