@@ -17,7 +17,7 @@ import collections
 import json
 import pathlib
 
-from metatpt_jax import prompts
+from metatpt_jax import cli_util, prompts
 from metatpt_jax.bench import report, summarize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -74,7 +74,10 @@ def main():
            else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT
                  if (RESULTS / s).exists() or s == DEFAULT[0][0]])
   by_backbone = load(pairs)
-  domains = sorted({r["domain"] for recs in by_backbone.values() for r in recs})
+  found = {r["domain"] for recs in by_backbone.values() for r in recs}
+  order = list(cli_util.sibling_config(str(ROOT / "configs" / "bench_v3.py"), "bench_v3",
+                                       "test").data.domains)  # the test run's order
+  domains = [d for d in order if d in found] + sorted(found - set(order))
   cols = [d.removeprefix("artwork:") for d in domains] + ["mean"]
   print("| backbone | row | " + " | ".join(cols) + " |")
   print("|---" * (len(cols) + 2) + "|")
