@@ -20,9 +20,10 @@ import os
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from metatpt_jax import cli_util, prompts, registry
+from metatpt_jax import adapt, cli_util, prompts
 from metatpt_jax.bench import methods
 from metatpt_jax.clip import checkpoint
 from metatpt_jax.data import domains
@@ -36,17 +37,11 @@ NAMES = ("clip", "coop", "maple", "mmrl")
 def accuracy(cfg, params, arch, domain, batch=64) -> float:
   """Zero-shot top-1 (%) of the backbone `cfg.prompt` names on every image of `domain`."""
   mspec = methods.model_spec(cfg.model, arch, cfg.prompt)
-  kind, spec = "zero_shot", None
-  state = methods.build_state(params, arch, domain.class_names, cfg.prompt, kind, spec, seed=0)
-  one = registry.get(kind).adapt_one
-
-  @jax.jit
-  def predict(images):
-    keys = jax.random.split(jax.random.key(0), images.shape[0])
-    out = jax.vmap(lambda im, k: one(state.frozen, state.method_state, im, k, spec, mspec)[0])(
-        images, keys)
-    return out.argmax(-1)
-
+  state = methods.build_state(params, arch, domain.class_names, cfg.prompt, "zero_shot", None,
+                              seed=0)
+  predict = jax.jit(lambda images: adapt.adapt_batch(
+      state, {"image": images, "index": jnp.arange(images.shape[0])}, jax.random.key(0),
+      kind="zero_shot", spec=None, mspec=mspec)["prediction"])
   images = np.asarray(domain.images, np.float32) / 255  # uint8 -> [0, 1]
   preds = np.concatenate([np.asarray(predict(images[i:i + batch]))
                           for i in range(0, len(domain.labels), batch)])

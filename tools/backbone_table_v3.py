@@ -9,8 +9,9 @@ Each record's backbone is read from its setting (settings.json: fingerprint -> s
 `prompt.backbone` (MaPLe, MMRL), a saved context file (CoOp) or neither (CLIP's own words).
 Only complete cells count, each record once (a record found in two files, e.g. CLIP's in the
 main test records and in a backbone run's folder, counts once); a backbone/method run under two
-settings (e.g. prompts retrained) is refused, so a table never mixes them. Differences are paired per image (seeds averaged per
-image), with 95 % normal intervals over images, as `metatpt_jax.bench.summarize` reports them.
+settings (e.g. prompts retrained) is refused, so a table never mixes them. Differences are
+paired per image (seeds averaged per image), with 95 % normal intervals over images, as
+`metatpt_jax.bench.summarize` reports them.
 """
 import argparse
 import collections
@@ -26,6 +27,8 @@ DEFAULT = [("bench_v3_test_samples.jsonl", "bench_v3_test_settings.json"),
            ("bench_v3_backbones_samples.jsonl", "bench_v3_backbones_settings.json")]
 BACKBONES = ("clip", "coop", "maple", "mmrl")
 METHODS = ("zero_shot", "tpt", "metatpt")
+ROWS = (("tpt", "zero_shot", "TPT - zero-shot"), ("metatpt", "zero_shot", "MetaTPT - zero-shot"),
+        ("metatpt", "tpt", "MetaTPT - TPT"))  # (method, baseline, label)
 
 
 def backbone_of(setting: dict) -> str:
@@ -45,7 +48,8 @@ def load(pairs) -> dict:
       settings = json.loads(pathlib.Path(settings_path).read_text())
       recs = [json.loads(line) for line in open(samples)]
     except (OSError, ValueError) as err:
-      raise SystemExit(f"backbone_table_v3: cannot read {samples} / {settings_path}: {err}") from None
+      raise SystemExit(f"backbone_table_v3: cannot read {samples} / {settings_path}: "
+                       f"{err}") from None
     recs = [r for r in recs if r["method"] in METHODS and r["fingerprint"] in settings]
     ids = summarize.method_setting_ids(settings)
     for r in summarize.complete_records(recs, settings=settings):
@@ -71,8 +75,7 @@ def main():
   if len(args.records) != len(args.settings):
     parser.error("give one --settings per --records")
   pairs = (list(zip(args.records, args.settings)) if args.records
-           else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT
-                 if (RESULTS / s).exists() or s == DEFAULT[0][0]])
+           else [(RESULTS / s, RESULTS / t) for s, t in DEFAULT])
   by_backbone = load(pairs)
   found = {r["domain"] for recs in by_backbone.values() for r in recs}
   order = list(cli_util.sibling_config(str(ROOT / "configs" / "bench_v3.py"), "bench_v3",
@@ -90,10 +93,7 @@ def main():
     acc = [f"{table[f'{d}/acc'][0]:.1f}" if f"{d}/acc" in table else "" for d in domains]
     acc.append(f"{table['mean/acc'][0]:.1f}" if "mean/acc" in table else "")
     print(f"| {name} | zero-shot (acc %) | " + " | ".join(acc) + " |")
-    rows = [("tpt", "zero_shot", "TPT - zero-shot"), ("metatpt", "zero_shot",
-                                                      "MetaTPT - zero-shot"),
-            ("metatpt", "tpt", "MetaTPT - TPT")]
-    for method, baseline, label in rows:
+    for method, baseline, label in ROWS:
       diff = report.paired_differences(recs, [method], domains, baseline).get(method, {})
       if not all(d in diff for d in domains):  # a mean over the domains present would mislead
         diff.pop("mean", None)

@@ -68,12 +68,13 @@ def cell_setting(cfg, name, kind, spec, domain, seed, digest, arch) -> dict:
                  compute_dtype=cfg.model.compute_dtype,
                  prompt=dict(n_ctx=int(cfg.prompt.n_ctx), init=cfg.prompt.init or None),
                  data=data)
-  init_digest = context_file_digest(cfg.prompt.init)
-  if init_digest is not None:  # a saved context (CoOp): its bytes, not only its path
-    setting["prompt"]["init_sha256"] = init_digest
   backbone = backbone_setting(cfg.prompt)
   if backbone is not None:  # absent for plain CLIP: its records keep their fingerprints
     setting["prompt"] = dict(backbone=backbone)
+  else:
+    init_digest = context_file_digest(cfg.prompt.init)
+    if init_digest is not None:  # a saved context (CoOp): its bytes, not only its path
+      setting["prompt"]["init_sha256"] = init_digest
   platform = _platform_part(platform_setting(cfg))
   if platform is not None:
     setting["platform"] = platform
