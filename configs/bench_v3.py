@@ -12,6 +12,7 @@ artists (issue 24; docs/ARTWORK.md has the world, docs/WORLD_V3.md every figure)
     metatpt-bench --config configs/bench_v3.py:demo         # `make demo`
     metatpt-bench --config configs/bench_v3.py:backbones_maple  # issue 26's table (also _clip,
                                                             # _coop, _mmrl)
+    metatpt-bench --config configs/bench_v3.py:backbones_dev_maple  # ... on dev images
 
 Every setting is chosen on the development split (`--config.data.split=dev`: each held-out
 style's pictures of a fixed, subgroup-stratified third of the classes); the test split holds the
@@ -163,10 +164,20 @@ def _backbone_table(c, name, prompts=PROMPTS_V3):
   c.output_dir = "runs/bench_v3_backbones"
 
 
+def _backbone_dev(c, name):
+  # The backbone's rows on the development images of `dev` (one seed), for questions about the
+  # table (e.g. what MaPLe's test-time tuning should adapt: --config.prompt.adapt="('ctx',)").
+  _backbone_table(c, name)
+  c.data.split, c.data.num_images, c.seeds = "dev", 60, (0,)
+  c.output_dir = "runs/bench_v3_backbones_dev"
+
+
 VARIANTS = {"levels": _levels, "levels_subsets": _levels_subsets, "dev": _dev,
             "dev_metatpt": _dev_metatpt, "dev_views": _dev_views, "test": _test,
             "test_ablations": _test_ablations, "demo": _demo,
             **{f"backbones_{name}": (lambda c, name=name: _backbone_table(c, name))
+               for name in ("clip", "coop", "maple", "mmrl")},
+            **{f"backbones_dev_{name}": (lambda c, name=name: _backbone_dev(c, name))
                for name in ("clip", "coop", "maple", "mmrl")},
             "backbones_coop_authors_crops": lambda c: _backbone_table(
                 c, "coop", f"{PROMPTS_V3}/authors_crops")}

@@ -72,16 +72,19 @@ def test_every_v3_variant_validates_and_reads_its_split(variant):
     kind, _ = methods_lib.method_spec(mcfg)
     assert name.startswith(kind.removesuffix("_ensemble")), (name, kind)
   # Settings (and the candidate domains) are chosen on the development split only.
-  dev = variant.startswith(("levels", "dev"))
+  dev = variant.startswith(("levels", "dev", "backbones_dev_"))
   assert cfg.data.split == ("dev" if dev else "test")
   assert all(d.startswith("artwork:") for d in cfg.data.domains)
   # the pretraining's caption, except the backbone table's CoOp row (its trained context)
   want = {"backbones_coop": "checkpoints/prompts_v3/coop.npz",
+          "backbones_dev_coop": "checkpoints/prompts_v3/coop.npz",
           "backbones_coop_authors_crops": "checkpoints/prompts_v3/authors_crops/coop.npz"}
   assert cfg.prompt.init == want.get(variant, "an emoji of") and cfg.prompt.n_ctx == 3
   if variant.startswith("backbones_"):
-    assert cfg.output_dir == "runs/bench_v3_backbones" and cfg.seeds == (0, 1, 2)
-    backbone = variant.removeprefix("backbones_").removesuffix("_authors_crops")
+    assert (cfg.output_dir, cfg.seeds) == (("runs/bench_v3_backbones_dev", (0,)) if dev else
+                                           ("runs/bench_v3_backbones", (0, 1, 2)))
+    backbone = variant.removeprefix("backbones_").removeprefix("dev_").removesuffix(
+        "_authors_crops")
     assert cfg.prompt.backbone == ("" if backbone in ("clip", "coop") else backbone)
     for path in (cfg.prompt.init, cfg.prompt.backbone_checkpoint):  # the committed prompts
       assert not path.endswith(".npz") or os.path.isfile(os.path.join(ROOT, path)), path

@@ -96,6 +96,15 @@ def test_incomplete_cells_are_left_out():
   assert {r["seed"] for r in kept} == {0}
 
 
+def test_an_image_recorded_twice_counts_once():
+  # records merged from two copies of one run: the cell stays complete, each image once
+  recs = [_rec("m", 0, i, True, 0.9) for i in range(4)]
+  again = dict(_rec("m", 0, 1, False, 0.8))
+  kept = summarize.complete_records(recs + [again], num_images=4)
+  assert sorted(r["index"] for r in kept) == [0, 1, 2, 3]
+  assert all(r["correct"] for r in kept)  # the first record of an image is the one kept
+
+
 def test_one_seed_shows_no_spread():
   recs = [_rec("m", 0, i, i < 3, 0.8) for i in range(4)]
   table = report.summary(report.aggregate(recs), ["m"], ["d"])

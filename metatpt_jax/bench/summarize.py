@@ -48,10 +48,15 @@ def images_per_cell(recs: list[dict], num_images: int | None = None,
 
 def complete_records(recs: list[dict], num_images: int | None = None,
                      settings: dict | None = None) -> list[dict]:
-  """The records of complete cells: those holding as many records as `images_per_cell`."""
-  counts = collections.Counter(_cell(r) for r in recs)
+  """The records of complete cells: those holding as many images as `images_per_cell`. An image
+  recorded twice in a cell (records merged from two copies of a run) counts once, by its first
+  record, instead of making the cell look over-full and dropping it."""
+  first = {}
+  for r in recs:
+    first.setdefault((_cell(r), r["index"]), r)
+  counts = collections.Counter(cell for cell, _ in first)
   want = images_per_cell(recs, num_images, settings)
-  return [r for r in recs if counts[_cell(r)] == want[r.get("fingerprint")]]
+  return [r for r in first.values() if counts[_cell(r)] == want[r.get("fingerprint")]]
 
 
 def method_setting_ids(settings: dict) -> dict:
