@@ -69,7 +69,9 @@ def test_tpt_gradient_on_the_kept_views_alone_is_every_views_gradient(name, x64)
   confident ones selected); in float64, so equality is checked to 1e-9, not fp32 round-off."""
   frozen, mspec = backbone_frozen(name, dtype=jnp.float64)
   views = TPT.make_views(h.random_images(0, 1)[0].astype(jnp.float64), jax.random.key(3))
-  tuned, metrics = tpt.tune_prompt_on_views(frozen, views, TPT, mspec)
+  # jitted here and below: op-by-op float64 differentiation of both towers took most of a minute
+  tuned, metrics = jax.jit(tpt.tune_prompt_on_views, static_argnums=(2, 3))(frozen, views, TPT,
+                                                                            mspec)
 
   def every_view(ctx):  # the authors' way: every view's features with gradient, then select
     text = class_features(frozen, ctx, mspec)
@@ -81,7 +83,8 @@ def test_tpt_gradient_on_the_kept_views_alone_is_every_views_gradient(name, x64)
     kept = encode_images(frozen, views[metrics["selected"]], mspec, ctx=ctx)
     return losses.marginal_entropy(logits(frozen, kept, text))
 
-  want, got = jax.grad(every_view)(frozen.ctx_init), jax.grad(kept_only)(frozen.ctx_init)
+  want = jax.jit(jax.grad(every_view))(frozen.ctx_init)
+  got = jax.jit(jax.grad(kept_only))(frozen.ctx_init)
   assert min(_nonzero_everywhere(got).values()) > 0
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9,
                                                        atol=1e-12 * np.abs(a).max()), want, got)

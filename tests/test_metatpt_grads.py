@@ -77,13 +77,15 @@ def test_first_order_gradient_is_outer_gradient_at_adapted_phi():
   # FOMAML: grad w.r.t. phi equals grad of the outer loss evaluated at phi' (identity Jacobian).
   spec = SPEC.replace(order="first")
   frozen, mspec, ep, meta = _setup(spec)
-  adapted = metatpt_inner.inner_update(frozen, meta["phi"], meta["ctx"], ep, spec, mspec)
-  g1 = jax.grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec))(meta)
+  # jitted: op-by-op float64 differentiation of the towers took about a minute
+  adapted = jax.jit(lambda phi: metatpt_inner.inner_update(frozen, phi, meta["ctx"], ep, spec,
+                                                            mspec))(meta["phi"])
+  g1 = jax.jit(jax.grad(lambda m: metatpt.outer_loss(frozen, m, ep, spec, mspec)))(meta)
 
   def at_adapted(phi_prime):
     feats, _ = metatpt_inner.view_features(frozen, phi_prime, ep, spec, mspec)
     return metatpt.outer_loss_on_features(frozen, feats, meta["ctx"], spec, mspec)[0]
-  g_direct = jax.grad(at_adapted)(adapted)
+  g_direct = jax.jit(jax.grad(at_adapted))(adapted)
   for a, b in zip(jax.tree.leaves(g1["phi"]), jax.tree.leaves(g_direct)):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 

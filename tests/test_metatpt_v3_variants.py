@@ -72,8 +72,8 @@ def test_the_inner_step_moves_the_photometric_factors():
   assert before.shape == (spec.n_views - 1, 5)
   assert float(jnp.abs(after - before).max()) > 1e-4
   # ... and the outer loss reaches them (second order through the inner step).
-  grads = jax.grad(lambda p: metatpt.outer_loss(frozen, {"ctx": frozen.ctx_init, "phi": p}, ep,
-                                                spec, mspec))(phi)
+  grads = jax.jit(jax.grad(lambda p: metatpt.outer_loss(
+      frozen, {"ctx": frozen.ctx_init, "phi": p}, ep, spec, mspec)))(phi)
   assert float(jnp.abs(grads["out"]["kernel"][:, gen.NUM_FACTORS:]).max()) > 0.0
 
 
