@@ -103,6 +103,18 @@ def test_empty_spatter_layers_are_redrawn_not_blackened():
   assert out.max() > 0 and np.any(out != image)
 
 
+def test_corruptions_in_threads_equal_one_at_a_time(tinted_images):
+  """The library draws from numpy's global RNG; threads corrupting at once must each get their
+  own seed's noise (the seeding is held under a lock)."""
+  import concurrent.futures
+  work = [(i % len(tinted_images), seed) for i, seed in enumerate(range(24))]
+  corrupt = lambda job: corruptions.corrupt_image(tinted_images[job[0]], "shot_noise", 3, job[1])
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    threaded = list(pool.map(corrupt, work))
+  for job, got in zip(work, threaded):
+    np.testing.assert_array_equal(got, corrupt(job))
+
+
 def test_images_below_library_minimum_are_upsampled(tinted_images):
   small = domains.resize_images(tinted_images, 28)
   out = corruptions.shift_images(small, "defocus_blur", 2, np.arange(len(small)))

@@ -3,7 +3,8 @@
 The corruptions are those of PyPI `imagecorruptions-imaug` 1.1.5 (the maintained fork that
 works on current numpy and scikit-image). That library draws from numpy's *global* random
 state; to make every image's corruption a function of its own seed we seed that state around
-each call and restore it afterwards (`_global_numpy_seed`), and pass `seed=` to the two
+each call and restore it afterwards (`_global_numpy_seed`, under a lock, so threads that corrupt
+images at once cannot draw from each other's seeding), and pass `seed=` to the two
 functions that take one (glass_blur, impulse_noise).
 
 The library refuses images under 32 px, and its kernels are sized for ImageNet's 224 px:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -58,15 +60,21 @@ def _import_imagecorruptions():
   return imagecorruptions
 
 
+# The corruption library offers no Generator argument, so its global state is borrowed, one
+# caller at a time.
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _global_numpy_seed(seed: int):
   """Seeds numpy's global RNG (which the corruption library uses), then restores it."""
-  state = np.random.get_state()
-  np.random.seed(seed)
-  try:
-    yield
-  finally:
-    np.random.set_state(state)
+  with _GLOBAL_RNG_LOCK:
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+      yield
+    finally:
+      np.random.set_state(state)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
